@@ -44,10 +44,13 @@ def sample_aggregate_size(cfg: AggregateConfig, rng: np.random.Generator) -> int
 
 
 def build_single_aggregate(
-    n: int, primary: PrimaryConfig, aggregate: AggregateConfig, rng: np.random.Generator
+    n: int, primary: PrimaryConfig, aggregate: AggregateConfig, rng: np.random.Generator,
+    parts: Primaries | None = None,
 ) -> Primaries:
-    """One aggregate of n primaries, randomly rotated, resting on z = 0, centred at x = y = 0."""
-    parts = sample_primaries(n, primary, rng)
+    """One aggregate of n primaries (drawn here unless ``parts`` are given), randomly rotated, resting on
+    z = 0, centred at x = y = 0."""
+    if parts is None:
+        parts = sample_primaries(n, primary, rng)
     centres = build_aggregate(
         parts.radius_nm,
         fractal_dimension=aggregate.fractal_dimension,
@@ -100,15 +103,29 @@ def build_scene(
         area_um2 = span[0] * span[1] * 1e-6
         n_target = int(rng.poisson(field.primaries_per_um2 * area_um2))
 
+    if field.coverage > 0:
+        sizes = None
+    else:  # all sizes and primaries up front: one vectorised draw instead of one per aggregate
+        sizes = []
+        while sum(sizes) < n_target:
+            sizes.append(min(sample_aggregate_size(aggregate, rng), n_target - sum(sizes)))
+        pool = sample_primaries(n_target, primary, rng)
+        starts = np.cumsum([0, *sizes])
+
     parts: list[Primaries] = []
     placed_c = np.zeros((0, 3))
     placed_r = np.zeros(0)
     n_total, n_forced = 0, 0
     while n_total < n_target:
-        if field.coverage > 0 and grid.mean() >= field.coverage:
-            break
-        n = min(sample_aggregate_size(aggregate, rng), n_target - n_total)
-        agg = build_single_aggregate(n, primary, aggregate, rng)
+        if sizes is None:
+            if grid.mean() >= field.coverage:
+                break
+            n = sample_aggregate_size(aggregate, rng)
+            agg = build_single_aggregate(n, primary, aggregate, rng)
+        else:
+            k = len(parts)
+            n = sizes[k]
+            agg = build_single_aggregate(n, primary, aggregate, rng, pool.take(np.arange(starts[k], starts[k + 1])))
         for attempt in range(field.placement_tries):
             offset = lo + span * rng.random(2)
             centres = agg.centre_nm + np.r_[offset, 0.0]

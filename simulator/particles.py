@@ -39,6 +39,7 @@ class Primaries:
     coeff: np.ndarray  # (N, K) perturbation coefficients over monomials_exponents(degree)
     shell_out: np.ndarray  # (N,) s(u) <= shell_out for all u (outer bounding ellipsoid scale)
     shell_in: np.ndarray  # (N,) s(u) >= shell_in for all u (inner bounding ellipsoid scale)
+    lipschitz_per_nm: np.ndarray  # (N,) bound on |grad F| outside the body, 1/nm
     aggregate_id: np.ndarray  # (N,) int32, 0-based
 
     def __len__(self) -> int:
@@ -94,24 +95,6 @@ def eval_monomials(u: np.ndarray, degree: int) -> np.ndarray:
     return np.stack([px[i] * py[j] * pz[k] for i, j, k in exps], axis=1)
 
 
-def eval_polynomial(x: np.ndarray, y: np.ndarray, z: np.ndarray, coeff_t: np.ndarray, degree: int) -> np.ndarray:
-    """sum_k coeff_t[k] * x^i y^j z^l over monomials_exponents(degree), per sample.
-
-    x, y, z: (S,) coordinates; coeff_t: (K, S) coefficients per sample (contiguous rows). Returns (S,).
-    """
-    exps = monomial_exponents(degree)
-    px, py, pz = _powers(x, degree), _powers(y, degree), _powers(z, degree)
-    acc = coeff_t[0].copy()
-    pxy = {}
-    for k in range(1, len(exps)):
-        i, j, l = exps[k]
-        if (i, j) not in pxy:
-            pxy[i, j] = px[i] * py[j] if i and j else (px[i] if j == 0 else py[j])
-        term = pxy[i, j] if l == 0 else (pz[l] if i == j == 0 else pxy[i, j] * pz[l])
-        acc += coeff_t[k] * term
-    return acc
-
-
 def _powers(v: np.ndarray, degree: int) -> list[np.ndarray]:
     out = [np.ones_like(v), v]
     for _ in range(2, degree + 1):
@@ -146,17 +129,34 @@ def fibonacci_sphere(n: int = _N_SPHERE_SAMPLES) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
-def radial_distance_nm(u: np.ndarray, shape_matrix: np.ndarray, coeff: np.ndarray) -> np.ndarray:
-    """Distance from the centre to the surface along unit directions.
+def implicit_surface(q_nm: np.ndarray, shape_matrix: np.ndarray, coeff: np.ndarray) -> np.ndarray:
+    """F(q) = sqrt(q^T M q) - s(q / |q|) of one body at points q (M, 3) relative to its centre.
 
-    u: (M, 3) or (N, M, 3) unit vectors; shape_matrix (N, 3, 3); coeff (N, K). Returns (N, M).
+    Negative inside, positive outside, in units of the body's relative radius (F = 0.01: 1 % outside).
     """
-    u = np.broadcast_to(u, (len(shape_matrix), *u.shape[-2:]))
-    quad = np.einsum("nmi,nij,nmj->nm", u, shape_matrix, u)
-    degree = _degree_from_count(coeff.shape[1])
-    mono = eval_monomials(u.reshape(-1, 3), degree).reshape(*u.shape[:2], -1)
-    scale = 1.0 + np.einsum("nmk,nk->nm", mono, coeff)
-    return scale / np.sqrt(quad)
+    quad = np.einsum("mi,ij,mj->m", q_nm, shape_matrix, q_nm)
+    u = q_nm / np.linalg.norm(q_nm, axis=1, keepdims=True)
+    return np.sqrt(quad) - 1.0 - eval_monomials(u, _degree_from_count(len(coeff))) @ coeff
+
+
+@cache
+def _sphere_tables(degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Quadrature directions (S, 3), their monomials (S, K) and outer products u_i u_j (S, 6; upper triangle)."""
+    dirs = fibonacci_sphere()
+    iu = np.triu_indices(3)
+    outer = dirs[:, iu[0]] * dirs[:, iu[1]] * np.where(iu[0] == iu[1], 1.0, 2.0)
+    return dirs, eval_monomials(dirs, degree), outer
+
+
+def radial_distance_nm(shape_matrix: np.ndarray, coeff: np.ndarray) -> np.ndarray:
+    """(N, S) distance from each centre to its surface along the quadrature directions ``fibonacci_sphere()``.
+
+    shape_matrix (N, 3, 3); coeff (N, K).
+    """
+    dirs, mono, outer = _sphere_tables(_degree_from_count(coeff.shape[1]))
+    iu = np.triu_indices(3)
+    quad = shape_matrix[:, iu[0], iu[1]] @ outer.T  # u^T M u for every (primary, direction)
+    return (1.0 + coeff @ mono.T) / np.sqrt(quad)
 
 
 def sample_truncated_lognormal(
@@ -186,8 +186,7 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
     rotation = Rotation.from_quat(quat / np.linalg.norm(quat, axis=1, keepdims=True)).as_matrix()
     degree = cfg.roughness_degree
     n_mono = len(monomial_exponents(degree))
-    dirs = fibonacci_sphere()
-    mono = eval_monomials(dirs, degree)  # (S, K)
+    dirs, mono, _ = _sphere_tables(degree)
     if cfg.shape == "irregular" and cfg.roughness > 0:
         raw = rng.standard_normal((n, n_mono))
         values = raw @ mono.T  # (n, S)
@@ -200,7 +199,7 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
     # Prolate ellipsoid of unit volume-equivalent radius, then rescale to the drawn volume.
     unit_axes = np.stack([aspect ** (2 / 3), aspect ** (-1 / 3), aspect ** (-1 / 3)], axis=1)
     unit_matrix = np.einsum("nij,nj,nkj->nik", rotation, 1.0 / unit_axes**2, rotation)
-    dist = radial_distance_nm(dirs, unit_matrix, coeff)  # (n, S), for unit volume-equivalent radius
+    dist = radial_distance_nm(unit_matrix, coeff)  # (n, S), for unit volume-equivalent radius
     volume_rel = (dist**3).mean(axis=1)  # (1/3) * 4 pi / S * sum r^3, divided by the unit sphere's 4 pi / 3
     scale_nm = radius_nm / np.cbrt(volume_rel)
     semi_axes_nm = unit_axes * scale_nm[:, None]
@@ -209,6 +208,12 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
     margin = 0.15 * np.abs(perturbation).max(axis=1) if n else np.zeros(0)
     shell_out = 1.0 + perturbation.max(axis=1, initial=0.0) + margin
     shell_in = np.maximum(1.0 + perturbation.min(axis=1, initial=0.0) - margin, 0.2)
+    # |grad F| <= |M q| / sqrt(q^T M q) + |grad_u s| / |q| <= sqrt(lambda_max(M)) + max|grad_u s| / r_min.
+    grad_u = np.stack([mono @ (d @ coeff.T) for d in monomial_derivative_matrices(degree)], axis=2)  # (S, n, 3)
+    tangential = grad_u - np.einsum("sni,si->sn", grad_u, dirs)[:, :, None] * dirs[:, None, :]
+    grad_max = 1.2 * np.linalg.norm(tangential, axis=2).max(axis=0, initial=0.0)
+    r_min_nm = shell_in * semi_axes_nm.min(axis=1)
+    lipschitz_per_nm = 1.0 / semi_axes_nm.min(axis=1) + grad_max / r_min_nm
     return Primaries(
         centre_nm=np.zeros((n, 3)),
         radius_nm=radius_nm,
@@ -217,6 +222,7 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
         coeff=coeff,
         shell_out=shell_out,
         shell_in=shell_in,
+        lipschitz_per_nm=lipschitz_per_nm,
         aggregate_id=np.zeros(n, np.int32),
     )
 
@@ -231,7 +237,7 @@ def lowest_point_offset_nm(primaries: Primaries) -> np.ndarray:
     lowest = -np.sqrt(inverse[:, 2, 2])
     rough = np.any(primaries.coeff != 0, axis=1)
     if np.any(rough):
+        dist = radial_distance_nm(primaries.shape_matrix[rough], primaries.coeff[rough])
         dirs = fibonacci_sphere()
-        dist = radial_distance_nm(dirs, primaries.shape_matrix[rough], primaries.coeff[rough])
         lowest[rough] = (dist * dirs[None, :, 2]).min(axis=1)
     return lowest

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from simulator.particles import Primaries, eval_polynomial, monomial_derivative_matrices
+from simulator.particles import Primaries, monomial_exponents
 
-_RIM_SAMPLES = 6
-_REFINE_STEPS = 6
+RIM_SAMPLES = 8  # samples along the outer shell's chord for rays that miss the inner shell
+GOLDEN_STEPS = 12  # golden-section iterations on near misses
+MAX_REFINE_STEPS = 40  # Illinois iterations at most (typically 3 to 6)
+F_TOL = 1e-9  # convergence of F (relative radius units): heights to far below 0.01 nm
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,117 +86,173 @@ def _ray_samples(primaries: Primaries, width_px: int, height_px: int, pixel_size
     return prim, row, col
 
 
-@dataclass(frozen=True, slots=True)
-class _Rays:
-    """Vertical rays q(t) = (dx, dy, t) relative to their primary's centre, with that primary's surface."""
-
-    dx: np.ndarray  # (S,) nm
-    dy: np.ndarray  # (S,) nm
-    m: np.ndarray  # (S, 6) upper triangle of M: m00 m01 m02 m11 m12 m22
-    coeff_t: np.ndarray | None  # (K, S) perturbation coefficients, None for smooth bodies
-    degree: int
-
-    def take(self, idx: np.ndarray) -> _Rays:
-        coeff_t = None if self.coeff_t is None else self.coeff_t[:, idx]
-        return _Rays(self.dx[idx], self.dy[idx], self.m[idx], coeff_t, self.degree)
-
-    def quadratic(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """q^T M q = a t^2 + 2 b t + c as functions of the ray parameter t."""
-        m, dx, dy = self.m, self.dx, self.dy
-        return m[:, 5], m[:, 2] * dx + m[:, 4] * dy, m[:, 0] * dx * dx + 2 * m[:, 1] * dx * dy + m[:, 3] * dy * dy
-
-    def value(self, t: np.ndarray) -> np.ndarray:
-        """F(q(t)) = sqrt(q^T M q) - s(q / |q|)."""
-        a, b, c = self.quadratic()
-        ellipsoid = np.sqrt(np.maximum(a * t * t + 2 * b * t + c, 0.0))
-        if self.coeff_t is None:
-            return ellipsoid - 1.0
-        inv_norm = 1.0 / np.sqrt(self.dx**2 + self.dy**2 + t * t)
-        perturbation = eval_polynomial(self.dx * inv_norm, self.dy * inv_norm, t * inv_norm, self.coeff_t, self.degree)
-        return ellipsoid - 1.0 - perturbation
-
-    def normal(self, t: np.ndarray) -> np.ndarray:
-        """(S, 3) unit outward normal grad F / |grad F| at q(t)."""
-        m, dx, dy = self.m, self.dx, self.dy
-        mq = np.stack(
-            [
-                m[:, 0] * dx + m[:, 1] * dy + m[:, 2] * t,
-                m[:, 1] * dx + m[:, 3] * dy + m[:, 4] * t,
-                m[:, 2] * dx + m[:, 4] * dy + m[:, 5] * t,
-            ],
-            axis=1,
-        )
-        grad = mq / np.sqrt(np.maximum(mq[:, 0] * dx + mq[:, 1] * dy + mq[:, 2] * t, 1e-30))[:, None]
-        if self.coeff_t is not None:
-            norm = np.sqrt(dx**2 + dy**2 + t * t)
-            u = np.stack([dx, dy, t], axis=1) / norm[:, None]
-            grad_u = np.stack(
-                [
-                    eval_polynomial(u[:, 0], u[:, 1], u[:, 2], d.astype(self.coeff_t.dtype) @ self.coeff_t, self.degree)
-                    for d in monomial_derivative_matrices(self.degree)
-                ],
-                axis=1,
-            )
-            tangential = grad_u - np.einsum("si,si->s", grad_u, u)[:, None] * u
-            grad -= tangential / norm[:, None]
-        return grad / np.linalg.norm(grad, axis=1, keepdims=True)
+@numba.njit(cache=True)
+def _surface_along_ray(t, a, b, c, r2, q, degree):
+    """F(q(t)) for one ray; q[d, l] holds the ray's perturbation polynomial as sum_d |q|^-d sum_l q[d, l] t^l."""
+    ellipsoid = np.sqrt(max(a * t * t + 2.0 * b * t + c, 0.0))
+    rho = 1.0 / np.sqrt(r2 + t * t)
+    total = 0.0
+    for d in range(degree, -1, -1):
+        inner = 0.0
+        for l in range(d, -1, -1):
+            inner = inner * t + q[d, l]
+        total = total * rho + inner
+    return ellipsoid - 1.0 - total
 
 
-def _refine(rays: _Rays, t_hi, f_hi, t_lo, f_lo, steps):
-    """Illinois method on brackets with F(t_hi) >= 0 >= F(t_lo), vectorised; returns the root estimates."""
-    side = np.zeros(len(t_hi), np.int8)
+@numba.njit(cache=True)
+def _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, max_steps, tol):
+    side = 0
     t_new = t_lo
-    for _ in range(steps):
+    for _ in range(max_steps):
         denom = f_hi - f_lo
-        t_new = np.where(denom > 0, (t_lo * f_hi - t_hi * f_lo) / np.where(denom > 0, denom, 1), t_lo)
-        f_new = rays.value(t_new)
-        upper = f_new >= 0
-        # Illinois: halve the function value at the end point that stayed twice in a row.
-        f_lo = np.where(upper & (side == 1), f_lo * 0.5, f_lo)
-        f_hi = np.where(~upper & (side == -1), f_hi * 0.5, f_hi)
-        t_hi = np.where(upper, t_new, t_hi)
-        f_hi = np.where(upper, f_new, f_hi)
-        t_lo = np.where(upper, t_lo, t_new)
-        f_lo = np.where(upper, f_lo, f_new)
-        side = np.where(upper, 1, -1).astype(np.int8)
+        t_new = (t_lo * f_hi - t_hi * f_lo) / denom if denom > 0 else t_lo
+        f_new = _surface_along_ray(t_new, a, b, c, r2, q, degree)
+        if abs(f_new) <= tol:
+            break
+        if f_new >= 0:
+            if side == 1:
+                f_lo *= 0.5
+            t_hi, f_hi, side = t_new, f_new, 1
+        else:
+            if side == -1:
+                f_hi *= 0.5
+            t_lo, f_lo, side = t_new, f_new, -1
     return t_new
 
 
-def _top_hits_rough(rays: _Rays, shell_out: np.ndarray, shell_in: np.ndarray):
-    """Perturbed bodies: (hit, t) per ray, from shell brackets refined by the Illinois method."""
-    a, b, c = rays.quadratic()
-    t_out = (-b + np.sqrt(np.maximum(b * b - a * (c - shell_out**2), 0.0))) / a
-    disc_in = b * b - a * (c - shell_in**2)
-    inner = disc_in > 0
-    # Rays through the inner ellipsoid: F >= 0 at the outer entry, F <= 0 at the inner entry. The end-point
-    # values only steer the first interpolation, so the bounds stand in for them; signs are what matter.
-    t_hi, f_hi = t_out.copy(), shell_out - 1.0
-    t_lo = np.where(inner, (-b + np.sqrt(np.maximum(disc_in, 0.0))) / a, -b / a)
-    f_lo = shell_in - 1.0
-    # Rim rays: march down from the outer entry to the closest approach until F <= 0.
-    found = inner.copy()
-    rim = np.flatnonzero(~inner)
-    rim_rays = rays.take(rim)
-    f_prev = np.maximum(rim_rays.value(t_out[rim]), 0.0)
-    for k in range(1, _RIM_SAMPLES + 1):
-        todo = np.flatnonzero(~found[rim])
-        if len(todo) == 0:
-            break
-        idx = rim[todo]
-        span = t_out[idx] - t_lo[idx]
-        tk = t_out[idx] - span * (k / _RIM_SAMPLES)
-        fk = rim_rays.take(todo).value(tk)
-        now = fk <= 0
-        hit_idx = idx[now]
-        t_hi[hit_idx] = (t_out[idx] - span * ((k - 1) / _RIM_SAMPLES))[now]
-        f_hi[hit_idx] = f_prev[todo[now]]
-        t_lo[hit_idx], f_lo[hit_idx] = tk[now], fk[now]
-        f_prev[todo[~now]] = fk[~now]
-        found[hit_idx] = True
-    sel = np.flatnonzero(found)
-    t = t_out.copy()
-    t[sel] = _refine(rays.take(sel), t_hi[sel], f_hi[sel], t_lo[sel], f_lo[sel], _REFINE_STEPS)
-    return found, t
+@numba.njit(cache=True)
+def _golden_min(lo, hi, a, b, c, r2, q, degree, steps):
+    g = (np.sqrt(5.0) - 1.0) / 2.0
+    x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
+    f1 = _surface_along_ray(x1, a, b, c, r2, q, degree)
+    f2 = _surface_along_ray(x2, a, b, c, r2, q, degree)
+    for _ in range(steps):
+        if f1 < f2:
+            hi, x2, f2 = x2, x1, f1
+            x1 = hi - g * (hi - lo)
+            f1 = _surface_along_ray(x1, a, b, c, r2, q, degree)
+        else:
+            lo, x1, f1 = x1, x2, f2
+            x2 = lo + g * (hi - lo)
+            f2 = _surface_along_ray(x2, a, b, c, r2, q, degree)
+    return (x1, f1) if f1 < f2 else (x2, f2)
+
+
+@numba.njit(cache=True)
+def _normal_at(x, y, t, m, coeff, exps, degree, out):
+    """Unit outward normal grad F / |grad F| at q = (x, y, t) into ``out`` (3,)."""
+    mq0 = m[0] * x + m[1] * y + m[2] * t
+    mq1 = m[1] * x + m[3] * y + m[4] * t
+    mq2 = m[2] * x + m[4] * y + m[5] * t
+    inv_e = 1.0 / np.sqrt(max(mq0 * x + mq1 * y + mq2 * t, 1e-300))
+    g0, g1, g2 = mq0 * inv_e, mq1 * inv_e, mq2 * inv_e
+    if degree > 0:
+        norm = np.sqrt(x * x + y * y + t * t)
+        u0, u1, u2 = x / norm, y / norm, t / norm
+        p0 = np.ones(degree + 1)
+        p1 = np.ones(degree + 1)
+        p2 = np.ones(degree + 1)
+        for d in range(1, degree + 1):
+            p0[d], p1[d], p2[d] = p0[d - 1] * u0, p1[d - 1] * u1, p2[d - 1] * u2
+        d0 = d1 = d2 = 0.0
+        for k in range(exps.shape[0]):
+            i, j, l = exps[k, 0], exps[k, 1], exps[k, 2]
+            ck = coeff[k]
+            if i > 0:
+                d0 += ck * i * p0[i - 1] * p1[j] * p2[l]
+            if j > 0:
+                d1 += ck * j * p0[i] * p1[j - 1] * p2[l]
+            if l > 0:
+                d2 += ck * l * p0[i] * p1[j] * p2[l - 1]
+        radial = d0 * u0 + d1 * u1 + d2 * u2
+        g0 -= (d0 - radial * u0) / norm
+        g1 -= (d1 - radial * u1) / norm
+        g2 -= (d2 - radial * u2) / norm
+    gn = np.sqrt(g0 * g0 + g1 * g1 + g2 * g2)
+    out[0], out[1], out[2] = g0 / gn, g1 / gn, g2 / gn
+
+
+@numba.njit(cache=True)
+def _solve_rays(prim, dx, dy, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz):
+    """Top intersection of vertical rays with their primaries.
+
+    prim (S,) primary per ray; dx, dy (S,) ray offset from that primary's centre (nm); per primary: m6 (N, 6)
+    upper triangle of M, coeff (N, K), rough (N,) bool, shells and Lipschitz bounds (N,).
+    Returns hit (S,) bool, t (S,) height above the centre (nm), normal (S, 3).
+    """
+    n = len(dx)
+    hit = np.zeros(n, np.bool_)
+    t_res = np.zeros(n)
+    normal = np.zeros((n, 3))
+    q = np.zeros((degree + 1, degree + 1))
+    px = np.ones(degree + 1)
+    py = np.ones(degree + 1)
+    for s in range(n):
+        p = prim[s]
+        m = m6[p]
+        x, y = dx[s], dy[s]
+        a = m[5]
+        b = m[2] * x + m[4] * y
+        c = m[0] * x * x + 2.0 * m[1] * x * y + m[3] * y * y
+        if not rough[p]:
+            disc = b * b - a * (c - 1.0)
+            if disc > 0:
+                hit[s], t_res[s] = True, (-b + np.sqrt(disc)) / a
+                _normal_at(x, y, t_res[s], m, coeff[p], exps, 0, normal[s])
+            continue
+        disc_out = b * b - a * (c - shell_out[p] ** 2)
+        if disc_out <= 0:
+            continue
+        r2 = x * x + y * y
+        for d in range(1, degree + 1):
+            px[d], py[d] = px[d - 1] * x, py[d - 1] * y
+        q[:, :] = 0.0
+        for k in range(exps.shape[0]):
+            i, j, l = exps[k, 0], exps[k, 1], exps[k, 2]
+            q[i + j + l, l] += coeff[p, k] * px[i] * py[j]
+        t_out = (-b + np.sqrt(disc_out)) / a
+        t_exit = (-b - np.sqrt(disc_out)) / a
+        f_out = _surface_along_ray(t_out, a, b, c, r2, q, degree)
+        found = False
+        t_hi, f_hi, t_lo, f_lo = t_out, f_out, t_out, f_out
+        if f_out <= 0:  # the outer bound touches the surface here: the entry point is the hit
+            hit[s], t_res[s] = True, t_out
+            _normal_at(x, y, t_out, m, coeff[p], exps, degree, normal[s])
+            continue
+        disc_in = b * b - a * (c - shell_in[p] ** 2)
+        if disc_in > 0:
+            t_lo = (-b + np.sqrt(disc_in)) / a
+            f_lo = _surface_along_ray(t_lo, a, b, c, r2, q, degree)
+            found = f_lo <= 0
+        if not found:
+            # March down the outer chord (the body may bulge below its middle) until F <= 0.
+            step = (t_out - t_exit) / (RIM_SAMPLES - 1)
+            f_prev, f_min, k_min = f_out, f_out, 0
+            for k in range(1, RIM_SAMPLES):
+                tk = t_out - step * k
+                fk = _surface_along_ray(tk, a, b, c, r2, q, degree)
+                if fk <= 0:
+                    t_hi, f_hi, t_lo, f_lo = tk + step, f_prev, tk, fk
+                    found = True
+                    break
+                f_prev = fk
+                if fk < f_min:
+                    f_min, k_min = fk, k
+            if not found and f_min <= 0.5 * lipschitz[p] * step:
+                # Near miss: F came within L h / 2 of zero, so it may dip below between samples.
+                k_c = min(max(k_min, 1), RIM_SAMPLES - 2)
+                upper = t_out - step * (k_c - 1)
+                t_g, f_g = _golden_min(t_out - step * (k_c + 1), upper, a, b, c, r2, q, degree, GOLDEN_STEPS)
+                if f_g <= 0:
+                    t_hi, t_lo, f_lo = upper, t_g, f_g
+                    f_hi = max(_surface_along_ray(upper, a, b, c, r2, q, degree), 0.0)
+                    found = True
+        if found:
+            hit[s] = True
+            t_res[s] = _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, MAX_REFINE_STEPS, F_TOL)
+            _normal_at(x, y, t_res[s], m, coeff[p], exps, degree, normal[s])
+    return hit, t_res, normal
 
 
 def _top_hits(primaries: Primaries, prim, row, col, pixel_size_nm):
@@ -201,31 +260,11 @@ def _top_hits(primaries: Primaries, prim, row, col, pixel_size_nm):
     dx = (col + 0.5) * pixel_size_nm - primaries.centre_nm[prim, 0]
     dy = (row + 0.5) * pixel_size_nm - primaries.centre_nm[prim, 1]
     iu = np.triu_indices(3)
-    rays = _Rays(dx, dy, primaries.shape_matrix[:, iu[0], iu[1]][prim], None, primaries.degree)
-    a, b, c = rays.quadratic()
-    shell_out = primaries.shell_out[prim]
-    keep = np.flatnonzero(b * b - a * (c - shell_out**2) > 0)
-    prim, row, col, rays = prim[keep], row[keep], col[keep], rays.take(keep)
-    a, b, c = rays.quadratic()
-    t = (-b + np.sqrt(np.maximum(b * b - a * (c - 1.0), 0.0))) / a
-    hit = np.ones(len(t), bool)
-    normal = np.empty((len(t), 3))
-    rough_primary = np.any(primaries.coeff != 0, axis=1)
-    rough = rough_primary[prim]
-    smooth = np.flatnonzero(~rough)
-    normal[smooth] = rays.take(smooth).normal(t[smooth])
-    if np.any(rough):
-        r = np.flatnonzero(rough)
-        # float32 halves the cost of the polynomial; heights stay exact to far below a nanometre.
-        f32 = np.float32
-        coeff_t = np.ascontiguousarray(primaries.coeff[prim[r]].T, dtype=f32)
-        rough_rays = _Rays(rays.dx[r].astype(f32), rays.dy[r].astype(f32), rays.m[r].astype(f32), coeff_t,
-                           primaries.degree)
-        hit_r, t_r = _top_hits_rough(
-            rough_rays, primaries.shell_out[prim[r]].astype(f32), primaries.shell_in[prim[r]].astype(f32)
-        )
-        hit[r], t[r] = hit_r, t_r
-        normal[r[hit_r]] = rough_rays.take(np.flatnonzero(hit_r)).normal(t_r[hit_r])
+    hit, t, normal = _solve_rays(
+        prim, dx, dy, np.ascontiguousarray(primaries.shape_matrix[:, iu[0], iu[1]]),
+        np.ascontiguousarray(primaries.coeff), monomial_exponents(primaries.degree), primaries.degree,
+        np.any(primaries.coeff != 0, axis=1), primaries.shell_out, primaries.shell_in, primaries.lipschitz_per_nm,
+    )
     return prim[hit], row[hit], col[hit], t[hit], normal[hit]
 
 
