@@ -50,7 +50,8 @@ def _runs_to_rles(inst: np.ndarray, start: np.ndarray, length: np.ndarray, n: in
         lo, hi = bounds[k], bounds[k + 1]
         counts = pairs[2 * lo : 2 * hi].tolist()
         tail = total - (int(end[hi - 1]) if hi > lo else 0)
-        counts.append(tail)
+        if tail > 0 or hi == lo:  # like pycocotools: no trailing empty run
+            counts.append(tail)
         objs.append({"counts": counts, "size": [height, width]})
     rles = mask_utils.frPyObjects(objs, height, width) if objs else []
     for rle in rles:

@@ -209,9 +209,10 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
     shell_out = 1.0 + perturbation.max(axis=1, initial=0.0) + margin
     shell_in = np.maximum(1.0 + perturbation.min(axis=1, initial=0.0) - margin, 0.2)
     # |grad F| <= |M q| / sqrt(q^T M q) + |grad_u s| / |q| <= sqrt(lambda_max(M)) + max|grad_u s| / r_min.
-    grad_u = np.stack([mono @ (d @ coeff.T) for d in monomial_derivative_matrices(degree)], axis=2)  # (S, n, 3)
-    tangential = grad_u - np.einsum("sni,si->sn", grad_u, dirs)[:, :, None] * dirs[:, None, :]
-    grad_max = 1.2 * np.linalg.norm(tangential, axis=2).max(axis=0, initial=0.0)
+    grad = [mono @ (d @ coeff.T) for d in monomial_derivative_matrices(degree)]  # 3 x (S, n)
+    radial = sum(g * dirs[:, axis, None] for axis, g in enumerate(grad))
+    tangential2 = sum(g * g for g in grad) - radial * radial
+    grad_max = 1.2 * np.sqrt(np.maximum(tangential2, 0.0).max(axis=0, initial=0.0))
     r_min_nm = shell_in * semi_axes_nm.min(axis=1)
     lipschitz_per_nm = 1.0 / semi_axes_nm.min(axis=1) + grad_max / r_min_nm
     return Primaries(

@@ -94,8 +94,8 @@ def _surface_along_ray(t, a, b, c, r2, q, degree):
     total = 0.0
     for d in range(degree, -1, -1):
         inner = 0.0
-        for l in range(d, -1, -1):
-            inner = inner * t + q[d, l]
+        for e in range(d, -1, -1):
+            inner = inner * t + q[d, e]
         total = total * rho + inner
     return ellipsoid - 1.0 - total
 
@@ -157,14 +157,14 @@ def _normal_at(x, y, t, m, coeff, exps, degree, out):
             p0[d], p1[d], p2[d] = p0[d - 1] * u0, p1[d - 1] * u1, p2[d - 1] * u2
         d0 = d1 = d2 = 0.0
         for k in range(exps.shape[0]):
-            i, j, l = exps[k, 0], exps[k, 1], exps[k, 2]
+            i, j, e = exps[k, 0], exps[k, 1], exps[k, 2]
             ck = coeff[k]
             if i > 0:
-                d0 += ck * i * p0[i - 1] * p1[j] * p2[l]
+                d0 += ck * i * p0[i - 1] * p1[j] * p2[e]
             if j > 0:
-                d1 += ck * j * p0[i] * p1[j - 1] * p2[l]
-            if l > 0:
-                d2 += ck * l * p0[i] * p1[j] * p2[l - 1]
+                d1 += ck * j * p0[i] * p1[j - 1] * p2[e]
+            if e > 0:
+                d2 += ck * e * p0[i] * p1[j] * p2[e - 1]
         radial = d0 * u0 + d1 * u1 + d2 * u2
         g0 -= (d0 - radial * u0) / norm
         g1 -= (d1 - radial * u1) / norm
@@ -209,8 +209,8 @@ def _solve_rays(prim, dx, dy, m6, coeff, exps, degree, rough, shell_out, shell_i
             px[d], py[d] = px[d - 1] * x, py[d - 1] * y
         q[:, :] = 0.0
         for k in range(exps.shape[0]):
-            i, j, l = exps[k, 0], exps[k, 1], exps[k, 2]
-            q[i + j + l, l] += coeff[p, k] * px[i] * py[j]
+            i, j, e = exps[k, 0], exps[k, 1], exps[k, 2]
+            q[i + j + e, e] += coeff[p, k] * px[i] * py[j]
         t_out = (-b + np.sqrt(disc_out)) / a
         t_exit = (-b - np.sqrt(disc_out)) / a
         f_out = _surface_along_ray(t_out, a, b, c, r2, q, degree)

@@ -1,0 +1,89 @@
+"""End-to-end simulation benchmark for a config (default: configs/default.toml).
+
+Prints images per second per core (geometry + render + shading + records + PNG writes, one worker), the time
+split per stage, the throughput with more workers, and peak memory. Run: python bench/bench_simulate.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from simulator.config import load_config  # noqa: E402
+from simulator.dataset import SimImage, encode_png, image_records, write_dataset  # noqa: E402
+from simulator.geometry import build_scene  # noqa: E402
+from simulator.pipeline import quantize, stage_rngs  # noqa: E402
+from simulator.render import render  # noqa: E402
+from simulator.shading import shade  # noqa: E402
+
+
+def stage_split(cfg, n: int) -> dict[str, float]:
+    """Mean ms per image of each stage, measured in one process."""
+    totals: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> float:
+        now = time.perf_counter()
+        totals[name] = totals.get(name, 0.0) + now - t0
+        return now
+
+    for i in range(n):
+        t = time.perf_counter()
+        rngs = stage_rngs(1, i)
+        scene = build_scene(cfg.image, cfg.primary, cfg.aggregate, cfg.field, rngs["geometry"])
+        t = lap("geometry", t)
+        buffers = render(scene.primaries, cfg.image.width_px, cfg.image.height_px, cfg.image.pixel_size_nm)
+        t = lap("render", t)
+        signal = shade(buffers, cfg.shading)
+        t = lap("shading", t)
+        image_records(SimImage(signal, buffers, scene, 1, i), cfg, "x")
+        t = lap("annotations (RLE)", t)
+        encode_png(quantize(signal, cfg.image.bit_depth))
+        encode_png(buffers.instance_id.astype(np.uint16))
+        lap("PNG encode", t)
+    return {k: 1000 * v / n for k, v in totals.items()}
+
+
+def end_to_end(cfg, n: int, workers: int) -> float:
+    """Images per second writing a whole dataset (files, annotations.json, manifest) to a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        write_dataset(Path(tmp) / "ds", cfg, n_images=n, seed=2, workers=workers)
+        return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("config", nargs="?", default=str(Path(__file__).resolve().parents[1] / "configs/default.toml"))
+    parser.add_argument("--n", type=int, default=40, help="images per measurement")
+    parser.add_argument("--workers", type=int, default=2, help="also measure with this many workers")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+
+    stage_split(cfg, 2)  # warm-up: loads the compiled ray solver, fills caches
+    split = stage_split(cfg, args.n)
+    one = end_to_end(cfg, args.n, 1)
+    many = end_to_end(cfg, args.n, args.workers) if args.workers > 1 else one
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    print(f"config: {args.config}  ({cfg.image.width_px} x {cfg.image.height_px} px, {args.n} images)")
+    print(f"{'stage':<22}{'ms/image':>10}")
+    for name, ms in split.items():
+        print(f"{name:<22}{ms:>10.1f}")
+    print(f"{'sum of stages':<22}{sum(split.values()):>10.1f}")
+    print(f"end-to-end, 1 worker:   {one:6.2f} images/s per core")
+    if args.workers > 1:
+        eff = many / (one * args.workers)
+        print(f"end-to-end, {args.workers} workers:  {many:6.2f} images/s  (scaling efficiency {eff:.0%})")
+    print(f"peak RSS (main process): {peak_mb:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
