@@ -18,36 +18,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulator.config import load_config  # noqa: E402
-from simulator.dataset import SimImage, encode_png, image_records, write_dataset  # noqa: E402
-from simulator.geometry import build_scene  # noqa: E402
-from simulator.pipeline import quantize, stage_rngs  # noqa: E402
-from simulator.render import render  # noqa: E402
-from simulator.shading import shade  # noqa: E402
+from simulator.dataset import encode_png, image_records, write_dataset  # noqa: E402
+from simulator.pipeline import quantize, simulate_image  # noqa: E402
 
 
 def stage_split(cfg, n: int) -> dict[str, float]:
     """Mean ms per image of each stage, measured in one process."""
     totals: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> float:
-        now = time.perf_counter()
-        totals[name] = totals.get(name, 0.0) + now - t0
-        return now
-
     for i in range(n):
+        sim = simulate_image(cfg, 1, i, timings=totals)
         t = time.perf_counter()
-        rngs = stage_rngs(1, i)
-        scene = build_scene(cfg.image, cfg.primary, cfg.aggregate, cfg.field, rngs["geometry"])
-        t = lap("geometry", t)
-        buffers = render(scene.primaries, cfg.image.width_px, cfg.image.height_px, cfg.image.pixel_size_nm)
-        t = lap("render", t)
-        signal = shade(buffers, cfg.shading)
-        t = lap("shading", t)
-        image_records(SimImage(signal, buffers, scene, 1, i), cfg, "x")
-        t = lap("annotations (RLE)", t)
-        encode_png(quantize(signal, cfg.image.bit_depth))
-        encode_png(buffers.instance_id.astype(np.uint16))
-        lap("PNG encode", t)
+        image_records(sim, cfg, "x")
+        totals["annotations (RLE)"] = totals.get("annotations (RLE)", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        encode_png(quantize(sim.image, cfg.image.bit_depth))
+        encode_png(sim.render.instance_id.astype(np.uint16))
+        totals["PNG encode"] = totals.get("PNG encode", 0.0) + time.perf_counter() - t
     return {k: 1000 * v / n for k, v in totals.items()}
 
 
@@ -67,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.config)
 
-    stage_split(cfg, 2)  # warm-up: loads the compiled ray solver, fills caches
+    stage_split(cfg, 2)  # warm-up: loads the compiled ray solver, builds the texture tile
     split = stage_split(cfg, args.n)
     one = end_to_end(cfg, args.n, 1)
     many = end_to_end(cfg, args.n, args.workers) if args.workers > 1 else one

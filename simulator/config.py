@@ -72,13 +72,13 @@ class PrimaryConfig:
 
     section: ClassVar[str] = "primary"
     shape: str = "irregular"
-    diameter_gmean_nm: float = 150.0
+    diameter_gmean_nm: float = 185.0
     diameter_gsd: float = 1.3
     diameter_min_nm: float = 20.0
     diameter_max_nm: float = 600.0
-    aspect_ratio_gmean: float = 1.3
-    aspect_ratio_gsd: float = 1.15
-    roughness: float = 0.07
+    aspect_ratio_gmean: float = 1.4
+    aspect_ratio_gsd: float = 1.2
+    roughness: float = 0.09
     roughness_degree: int = 3
 
     SHAPES: ClassVar[tuple[str, ...]] = ("sphere", "ellipsoid", "irregular")
@@ -100,10 +100,10 @@ class AggregateConfig:
     """Fractal aggregates: N = kf (Rg / a)^Df, necking overlap, primaries per aggregate (log-normal)."""
 
     section: ClassVar[str] = "aggregate"
-    fractal_dimension: float = 1.8
+    fractal_dimension: float = 2.0
     fractal_prefactor: float = 1.3
     overlap: float = 0.1
-    primaries_median: float = 6.0
+    primaries_median: float = 7.0
     primaries_gsd: float = 2.0
     primaries_max: int = 64
 
@@ -121,7 +121,7 @@ class FieldConfig:
     """How many aggregates lie in the field: a number density of primaries, or a target surface coverage."""
 
     section: ClassVar[str] = "field"
-    primaries_per_um2: float = 3.5
+    primaries_per_um2: float = 3.6
     coverage: float = 0.0
     placement_tries: int = 20
 
@@ -140,21 +140,125 @@ class FieldConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ShadingConfig:
-    """Provisional normal-based shading (replaced by the SEM image-formation stages)."""
+    """Secondary-electron yield of the specimen and how the detector collects it (mean SE per primary electron)."""
 
     section: ClassVar[str] = "shading"
-    substrate_level: float = 0.18
-    particle_level: float = 0.42
-    tilt_exponent: float = 1.0
-    max_tilt_gain: float = 2.5
-    blur_sigma_px: float = 0.7
+    beam_energy_keV: float = 20.0
+    particle_yield: float = 1.1
+    substrate_yield: float = 0.34
+    tilt_exponent: float = 0.9
+    max_tilt_gain: float = 1.8
+    edge_gain: float = 0.25
+    edge_range_nm: float = 15.0
+    edge_step_nm: float = 20.0
+    substrate_texture: float = 0.17
+    texture_scale_nm: float = 1000.0
+    texture_ridges: float = 0.6
+    et_fraction: float = 0.3
+    et_azimuth_deg: float = 135.0
+    et_elevation_deg: float = 35.0
+    et_shadow: float = 0.15
 
     def __post_init__(self) -> None:
-        _check_range("shading.substrate_level", self.substrate_level, 0.0, 1.0)
-        _check_range("shading.particle_level", self.particle_level, 0.0, 1.0)
+        _check_range("shading.beam_energy_keV", self.beam_energy_keV, 0.1, 40.0)
+        _check_range("shading.particle_yield", self.particle_yield, 0.0, 20.0)
+        _check_range("shading.substrate_yield", self.substrate_yield, 0.0, 20.0)
         _check_range("shading.tilt_exponent", self.tilt_exponent, 0.0, 3.0)
-        _check_range("shading.max_tilt_gain", self.max_tilt_gain, 1.0, 20.0)
-        _check_range("shading.blur_sigma_px", self.blur_sigma_px, 0.0, 20.0)
+        _check_range("shading.max_tilt_gain", self.max_tilt_gain, 1.0, 50.0)
+        _check_range("shading.edge_gain", self.edge_gain, 0.0, 10.0)
+        _check_range("shading.edge_range_nm", self.edge_range_nm, 0.0, 1000.0)
+        _check_range("shading.edge_step_nm", self.edge_step_nm, 0.0, 1e4)
+        _check_range("shading.substrate_texture", self.substrate_texture, 0.0, 1.0)
+        _check_range("shading.texture_scale_nm", self.texture_scale_nm, 1.0, 1e6)
+        _check_range("shading.texture_ridges", self.texture_ridges, 0.0, 1.0)
+        _check_range("shading.et_fraction", self.et_fraction, 0.0, 1.0)
+        _check_range("shading.et_azimuth_deg", self.et_azimuth_deg, -360.0, 360.0)
+        _check_range("shading.et_elevation_deg", self.et_elevation_deg, 1.0, 89.0)
+        _check_range("shading.et_shadow", self.et_shadow, 0.0, 1.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeConfig:
+    """Beam profile: Gaussian probe, astigmatism and defocus."""
+
+    section: ClassVar[str] = "probe"
+    sigma_nm: float = 6.5
+    astigmatism_ratio: float = 1.0
+    astigmatism_angle_deg: float = 0.0
+    defocus_nm: float = 0.0
+    convergence_mrad: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_range("probe.sigma_nm", self.sigma_nm, 0.0, 1000.0)
+        _check_range("probe.astigmatism_ratio", self.astigmatism_ratio, 1.0, 10.0)
+        _check_range("probe.astigmatism_angle_deg", self.astigmatism_angle_deg, -180.0, 180.0)
+        _check_range("probe.defocus_nm", self.defocus_nm, -1e5, 1e5)
+        _check_range("probe.convergence_mrad", self.convergence_mrad, 0.0, 100.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanConfig:
+    """Raster scan timing and its distortions (evaluated along the scan time, as ARTIMAGEN does)."""
+
+    section: ClassVar[str] = "scan"
+    dwell_time_us: float = 1.0
+    flyback_time_us: float = 100.0
+    line_jitter_px: float = 0.0
+    drift_x_nm_per_s: float = 0.0
+    drift_y_nm_per_s: float = 0.0
+    vibration_amplitude_nm: float = 0.0
+    vibration_frequency_hz: float = 50.0
+    vibration_angle_deg: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_range("scan.dwell_time_us", self.dwell_time_us, 0.001, 1e4)
+        _check_range("scan.flyback_time_us", self.flyback_time_us, 0.0, 1e6)
+        _check_range("scan.line_jitter_px", self.line_jitter_px, 0.0, 20.0)
+        _check_range("scan.drift_x_nm_per_s", self.drift_x_nm_per_s, -1e4, 1e4)
+        _check_range("scan.drift_y_nm_per_s", self.drift_y_nm_per_s, -1e4, 1e4)
+        _check_range("scan.vibration_amplitude_nm", self.vibration_amplitude_nm, 0.0, 1000.0)
+        _check_range("scan.vibration_frequency_hz", self.vibration_frequency_hz, 0.0, 1e6)
+        _check_range("scan.vibration_angle_deg", self.vibration_angle_deg, -180.0, 180.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChargingConfig:
+    """Charging of poorly connected aggregates: brightening, halos and streaks along the scan direction."""
+
+    section: ClassVar[str] = "charging"
+    strength: float = 0.0
+    halo_nm: float = 60.0
+    streak_length_px: float = 40.0
+    streak_gain: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_range("charging.strength", self.strength, 0.0, 10.0)
+        _check_range("charging.halo_nm", self.halo_nm, 0.0, 1e4)
+        _check_range("charging.streak_length_px", self.streak_length_px, 0.0, 1e4)
+        _check_range("charging.streak_gain", self.streak_gain, 0.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DetectorConfig:
+    """Dose, shot noise, SE emission and detector gain statistics, read noise, brightness/contrast, ADC."""
+
+    section: ClassVar[str] = "detector"
+    noise: bool = True
+    probe_current_pA: float = 110.0
+    gain_shape: float = 2.0
+    read_noise: float = 0.0
+    contrast: float = 0.35
+    brightness: float = 0.0
+    info_bar: bool = False
+    info_bar_height_px: int = 56
+
+    def __post_init__(self) -> None:
+        _check_range("detector.probe_current_pA", self.probe_current_pA, 1e-3, 1e6)
+        _check_range("detector.gain_shape", self.gain_shape, 0.1, 1e6)
+        _check_range("detector.read_noise", self.read_noise, 0.0, 1.0)
+        _check_range("detector.contrast", self.contrast, 0.0, 100.0)
+        _check_range("detector.brightness", self.brightness, -10.0, 10.0)
+        _check_range("detector.info_bar_height_px", self.info_bar_height_px, 16, 512)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +278,10 @@ class SimConfig:
     aggregate: AggregateConfig = dataclasses.field(default_factory=AggregateConfig)
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     shading: ShadingConfig = dataclasses.field(default_factory=ShadingConfig)
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+    scan: ScanConfig = dataclasses.field(default_factory=ScanConfig)
+    charging: ChargingConfig = dataclasses.field(default_factory=ChargingConfig)
+    detector: DetectorConfig = dataclasses.field(default_factory=DetectorConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
 

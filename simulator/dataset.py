@@ -27,7 +27,7 @@ import pycocotools.mask as mask_utils
 from scipy import ndimage
 
 from simulator.config import SimConfig, config_hash, config_to_dict
-from simulator.pipeline import SimImage, quantize, simulate_image
+from simulator.pipeline import SimImage, quantize, simulate_image  # noqa: F401  (SimImage re-exported)
 from simulator.render import RenderOut
 
 CATEGORY = {"id": 1, "name": "particle", "supercategory": "particle"}
@@ -178,7 +178,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def encode_png(array: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -189,7 +189,7 @@ def _generate_one(args: tuple[SimConfig, int, int, str]) -> tuple[dict, list[dic
     sim = simulate_image(cfg, seed, index)
     stem = f"{index:06d}"
     root = Path(out_dir)
-    atomic_write_bytes(root / "images" / f"{stem}.png", encode_png(quantize(sim.signal, cfg.image.bit_depth)))
+    atomic_write_bytes(root / "images" / f"{stem}.png", encode_png(quantize(sim.image, cfg.image.bit_depth)))
     if cfg.output.label_maps:
         if sim.render.n_instances > np.iinfo(np.uint16).max:
             raise ValueError(f"{sim.render.n_instances} primaries do not fit a 16-bit label map")

@@ -1,30 +1,38 @@
 """The one place that composes the stages and spawns the random streams.
 
+    geometry -> scan offsets -> render (labels) -> shading (SE yield, collection) -> charging -> probe blur
+             -> detector (dose, noise, gain) [-> info bar] -> quantize
+
 Image ``index`` of a run with root ``seed`` draws from ``SeedSequence(seed, spawn_key=(index,))`` (identical to
 ``SeedSequence(seed).spawn(n)[index]``), split into one stream per stage, so an image depends only on
-(config, seed, index): not on the number of images, the worker count or the order of work. Stages that take no
-stream are deterministic.
+(config, seed, index): not on the number of images, the worker count or the order of work. Changing a noise
+or blur parameter leaves the geometry stream, hence the geometry, untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from simulator.config import SimConfig
+from simulator.detector import detect, info_bar
 from simulator.geometry import Scene, build_scene
+from simulator.instrument import charge, probe_blur, scan_offsets_px
 from simulator.render import RenderOut, render
-from simulator.shading import shade
+from simulator.shading import shade, substrate_texture
 
 STAGE_STREAMS = ("geometry", "shading", "instrument", "detector")
 
 
 @dataclass(frozen=True, slots=True)
 class SimImage:
-    """One simulated image: the ideal signal in [0, 1], its render buffers (labels) and its scene."""
+    """One simulated image: the output level in [0, 1] before the ADC, the ideal signal, the render buffers
+    (labels) and the scene. With an info bar, ``image`` and the label buffers have its extra rows (label 0)."""
 
-    signal: np.ndarray  # (H, W) float32 in [0, 1]
+    image: np.ndarray  # (H', W) float32 output level (clipped and quantised by ``quantize``)
+    ideal: np.ndarray  # (H, W) float32 mean SE per primary electron, before charging, blur and noise
     render: RenderOut
     scene: Scene
     seed: int
@@ -37,17 +45,66 @@ def stage_rngs(seed: int, index: int) -> dict[str, np.random.Generator]:
     return {name: np.random.default_rng(child) for name, child in zip(STAGE_STREAMS, children, strict=True)}
 
 
-def simulate_image(cfg: SimConfig, seed: int, index: int) -> SimImage:
-    """geometry -> render -> shading for one image."""
+def simulate_image(cfg: SimConfig, seed: int, index: int, timings: dict[str, float] | None = None) -> SimImage:
+    """All stages for one image. If ``timings`` is given, each stage's wall time (s) is added to it."""
+    clock = _StageClock(timings)
     rngs = stage_rngs(seed, index)
-    scene = build_scene(cfg.image, cfg.primary, cfg.aggregate, cfg.field, rngs["geometry"])
-    buffers = render(scene.primaries, cfg.image.width_px, cfg.image.height_px, cfg.image.pixel_size_nm)
-    signal = shade(buffers, cfg.shading)
-    return SimImage(signal=signal, render=buffers, scene=scene, seed=seed, index=index)
+    px = cfg.image.pixel_size_nm
+    shape = (cfg.image.height_px, cfg.image.width_px)
+    scene = clock("geometry", build_scene, cfg.image, cfg.primary, cfg.aggregate, cfg.field, rngs["geometry"])
+    offsets = clock("scan distortion", scan_offsets_px, shape, px, cfg.scan, rngs["instrument"])
+    buffers = clock("render", render, scene.primaries, cfg.image.width_px, cfg.image.height_px, px, offsets)
+    texture = None
+    if cfg.shading.substrate_texture > 0:
+        texture = clock("substrate texture", substrate_texture, shape, px, cfg.shading, rngs["shading"])
+    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, px, texture)
+    signal = clock("charging", charge, ideal, buffers, scene, cfg.charging, px)
+    signal = clock("probe blur", probe_blur, signal, cfg.probe, px)
+    image = clock("detector noise", detect, signal, cfg.detector, cfg.scan.dwell_time_us, rngs["detector"])
+    if cfg.detector.info_bar:
+        image, buffers = _with_info_bar(image, buffers, cfg)
+    return SimImage(image=image, ideal=ideal, render=buffers, scene=scene, seed=seed, index=index)
 
 
-def quantize(signal: np.ndarray, bit_depth: int) -> np.ndarray:
-    """[0, 1] float -> uint8 or uint16 by rounding to the nearest level (values outside are clipped)."""
+class _StageClock:
+    """Calls a stage and, when asked to, adds its wall time to a dict under the stage's name."""
+
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+
+    def __call__(self, name, fn, *args):
+        if self.timings is None:
+            return fn(*args)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+
+def _with_info_bar(image: np.ndarray, buffers: RenderOut, cfg: SimConfig) -> tuple[np.ndarray, RenderOut]:
+    """Append an instrument data bar below the image; its rows are substrate-free background with label 0."""
+    rows = cfg.detector.info_bar_height_px
+    width = cfg.image.width_px
+    field_um = width * cfg.image.pixel_size_nm / 1000
+    bar_nm = 200 if field_um < 20 else 2000
+    lines = [
+        f"semsynth   EHT = {cfg.shading.beam_energy_keV:.2f} kV   Width = {field_um:.3f} um",
+        f"Signal = {'InLens' if cfg.shading.et_fraction < 0.5 else 'SE2'}   Pixel = {cfg.image.pixel_size_nm:.3f} nm",
+    ]
+    bar = info_bar(width, rows, lines, round(bar_nm / cfg.image.pixel_size_nm), f"{bar_nm} nm")
+    pad = ((0, rows), (0, 0))
+    padded = replace(
+        buffers,
+        instance_id=np.pad(buffers.instance_id, pad),
+        height_nm=np.pad(buffers.height_nm, pad),
+        normal=np.pad(buffers.normal, (*pad, (0, 0))),
+    )
+    padded.normal[-rows:, :, 2] = 1.0
+    return np.vstack([image, bar]), padded
+
+
+def quantize(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Output level -> uint8 or uint16: saturation at 0 and full scale, rounding to the nearest level."""
     top = (1 << bit_depth) - 1
     dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.rint(np.clip(signal, 0.0, 1.0) * top).astype(dtype)
+    return np.rint(np.clip(image, 0.0, 1.0) * top).astype(dtype)

@@ -29,7 +29,7 @@ from simulator.particles import Primaries, monomial_exponents
 RIM_SAMPLES = 8  # samples along the outer shell's chord for rays that miss the inner shell
 GOLDEN_STEPS = 12  # golden-section iterations on near misses
 MAX_REFINE_STEPS = 40  # Illinois iterations at most (typically 3 to 6)
-F_TOL = 1e-9  # convergence of F (relative radius units): heights to far below 0.01 nm
+F_TOL = 1e-7  # convergence of F (relative radius units): heights to about 1e-5 nm
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +66,17 @@ class RenderOut:
         return np.bincount(self.amodal_instance, minlength=self.n_instances + 1)
 
 
-def _ray_samples(primaries: Primaries, width_px: int, height_px: int, pixel_size_nm: float):
-    """One sample per pixel of each primary's projected bounding box (outer shell), clipped to the image."""
+def _ray_samples(primaries: Primaries, width_px: int, height_px: int, pixel_size_nm: float, margin_px: int):
+    """One sample per pixel of each primary's projected bounding box (outer shell), grown by ``margin_px`` for
+    displaced rays and clipped to the image."""
     inverse = np.linalg.inv(primaries.shape_matrix)
     ext_x = primaries.shell_out * np.sqrt(inverse[:, 0, 0])
     ext_y = primaries.shell_out * np.sqrt(inverse[:, 1, 1])
     cx, cy = primaries.centre_nm[:, 0], primaries.centre_nm[:, 1]
-    col0 = np.maximum(np.ceil((cx - ext_x) / pixel_size_nm - 0.5), 0).astype(np.int64)
-    col1 = np.minimum(np.floor((cx + ext_x) / pixel_size_nm - 0.5), width_px - 1).astype(np.int64)
-    row0 = np.maximum(np.ceil((cy - ext_y) / pixel_size_nm - 0.5), 0).astype(np.int64)
-    row1 = np.minimum(np.floor((cy + ext_y) / pixel_size_nm - 0.5), height_px - 1).astype(np.int64)
+    col0 = np.maximum(np.ceil((cx - ext_x) / pixel_size_nm - 0.5) - margin_px, 0).astype(np.int64)
+    col1 = np.minimum(np.floor((cx + ext_x) / pixel_size_nm - 0.5) + margin_px, width_px - 1).astype(np.int64)
+    row0 = np.maximum(np.ceil((cy - ext_y) / pixel_size_nm - 0.5) - margin_px, 0).astype(np.int64)
+    row1 = np.minimum(np.floor((cy + ext_y) / pixel_size_nm - 0.5) + margin_px, height_px - 1).astype(np.int64)
     box_w = np.maximum(col1 - col0 + 1, 0)
     box_h = np.maximum(row1 - row0 + 1, 0)
     counts = box_w * box_h
@@ -140,8 +141,9 @@ def _golden_min(lo, hi, a, b, c, r2, q, degree, steps):
 
 
 @numba.njit(cache=True)
-def _normal_at(x, y, t, m, coeff, exps, degree, out):
-    """Unit outward normal grad F / |grad F| at q = (x, y, t) into ``out`` (3,)."""
+def _normal_at(x, y, t, m, coeff, exps, degree, out, p0, p1, p2):
+    """Unit outward normal grad F / |grad F| at q = (x, y, t) into ``out`` (3,); p0, p1, p2 are scratch
+    arrays of length degree + 1."""
     mq0 = m[0] * x + m[1] * y + m[2] * t
     mq1 = m[1] * x + m[3] * y + m[4] * t
     mq2 = m[2] * x + m[4] * y + m[5] * t
@@ -150,9 +152,7 @@ def _normal_at(x, y, t, m, coeff, exps, degree, out):
     if degree > 0:
         norm = np.sqrt(x * x + y * y + t * t)
         u0, u1, u2 = x / norm, y / norm, t / norm
-        p0 = np.ones(degree + 1)
-        p1 = np.ones(degree + 1)
-        p2 = np.ones(degree + 1)
+        p0[0] = p1[0] = p2[0] = 1.0
         for d in range(1, degree + 1):
             p0[d], p1[d], p2[d] = p0[d - 1] * u0, p1[d - 1] * u1, p2[d - 1] * u2
         d0 = d1 = d2 = 0.0
@@ -188,6 +188,9 @@ def _solve_rays(prim, dx, dy, m6, coeff, exps, degree, rough, shell_out, shell_i
     q = np.zeros((degree + 1, degree + 1))
     px = np.ones(degree + 1)
     py = np.ones(degree + 1)
+    p0 = np.ones(degree + 1)
+    p1 = np.ones(degree + 1)
+    p2 = np.ones(degree + 1)
     for s in range(n):
         p = prim[s]
         m = m6[p]
@@ -199,7 +202,7 @@ def _solve_rays(prim, dx, dy, m6, coeff, exps, degree, rough, shell_out, shell_i
             disc = b * b - a * (c - 1.0)
             if disc > 0:
                 hit[s], t_res[s] = True, (-b + np.sqrt(disc)) / a
-                _normal_at(x, y, t_res[s], m, coeff[p], exps, 0, normal[s])
+                _normal_at(x, y, t_res[s], m, coeff[p], exps, 0, normal[s], p0, p1, p2)
             continue
         disc_out = b * b - a * (c - shell_out[p] ** 2)
         if disc_out <= 0:
@@ -218,7 +221,7 @@ def _solve_rays(prim, dx, dy, m6, coeff, exps, degree, rough, shell_out, shell_i
         t_hi, f_hi, t_lo, f_lo = t_out, f_out, t_out, f_out
         if f_out <= 0:  # the outer bound touches the surface here: the entry point is the hit
             hit[s], t_res[s] = True, t_out
-            _normal_at(x, y, t_out, m, coeff[p], exps, degree, normal[s])
+            _normal_at(x, y, t_out, m, coeff[p], exps, degree, normal[s], p0, p1, p2)
             continue
         disc_in = b * b - a * (c - shell_in[p] ** 2)
         if disc_in > 0:
@@ -251,14 +254,18 @@ def _solve_rays(prim, dx, dy, m6, coeff, exps, degree, rough, shell_out, shell_i
         if found:
             hit[s] = True
             t_res[s] = _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, MAX_REFINE_STEPS, F_TOL)
-            _normal_at(x, y, t_res[s], m, coeff[p], exps, degree, normal[s])
+            _normal_at(x, y, t_res[s], m, coeff[p], exps, degree, normal[s], p0, p1, p2)
     return hit, t_res, normal
 
 
-def _top_hits(primaries: Primaries, prim, row, col, pixel_size_nm):
+def _top_hits(primaries: Primaries, prim, row, col, pixel_size_nm, offsets_px):
     """Ray samples that meet their primary: (prim, row, col, t above the centre in nm, unit normal)."""
-    dx = (col + 0.5) * pixel_size_nm - primaries.centre_nm[prim, 0]
-    dy = (row + 0.5) * pixel_size_nm - primaries.centre_nm[prim, 1]
+    x_px, y_px = col + 0.5, row + 0.5
+    if offsets_px is not None:
+        x_px = x_px + offsets_px[row, col, 0]
+        y_px = y_px + offsets_px[row, col, 1]
+    dx = x_px * pixel_size_nm - primaries.centre_nm[prim, 0]
+    dy = y_px * pixel_size_nm - primaries.centre_nm[prim, 1]
     iu = np.triu_indices(3)
     hit, t, normal = _solve_rays(
         prim, dx, dy, np.ascontiguousarray(primaries.shape_matrix[:, iu[0], iu[1]]),
@@ -268,10 +275,25 @@ def _top_hits(primaries: Primaries, prim, row, col, pixel_size_nm):
     return prim[hit], row[hit], col[hit], t[hit], normal[hit]
 
 
-def render(primaries: Primaries, width_px: int, height_px: int, pixel_size_nm: float) -> RenderOut:
-    """Z-buffer of all primaries: visible instance ids, heights, normals and amodal masks."""
-    prim, row, col = _ray_samples(primaries, width_px, height_px, pixel_size_nm)
-    prim, row, col, t, normal = _top_hits(primaries, prim, row, col, pixel_size_nm)
+def render(
+    primaries: Primaries,
+    width_px: int,
+    height_px: int,
+    pixel_size_nm: float,
+    offsets_px: np.ndarray | None = None,
+) -> RenderOut:
+    """Z-buffer of all primaries: visible instance ids, heights, normals and amodal masks.
+
+    offsets_px: optional (H, W, 2) displacement (x, y) in pixels of each pixel's ray from its nominal centre,
+    for scan distortions: the image and every label are then sampled at the same displaced positions.
+    """
+    margin = 0
+    if offsets_px is not None:
+        if offsets_px.shape != (height_px, width_px, 2):
+            raise ValueError(f"offsets_px must have shape {(height_px, width_px, 2)}, got {offsets_px.shape}")
+        margin = int(np.ceil(np.abs(offsets_px).max())) + 1
+    prim, row, col = _ray_samples(primaries, width_px, height_px, pixel_size_nm, margin)
+    prim, row, col, t, normal = _top_hits(primaries, prim, row, col, pixel_size_nm, offsets_px)
     z = primaries.centre_nm[prim, 2] + t
     pix = row * width_px + col
 

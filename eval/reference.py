@@ -1,0 +1,70 @@
+"""Reading the real reference images (BAM TiO2 layout: SEM/<id>.tif with masks/<id>_m.tif).
+
+The images are never copied into this repository: they are read from ``../shared/data/bam-tio2-sem`` (or any
+folder with the same layout) at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bam-tio2-sem"
+_UNITS_NM = {"nm": 1.0, "um": 1e3, "µm": 1e3, "pm": 1e-3, "fm": 1e-6, "m": 1e9}
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceImage:
+    name: str
+    image: np.ndarray  # (H, W) float32 in [0, 1], info bar removed
+    foreground: np.ndarray | None  # (H, W) bool manual mask, or None
+    pixel_size_nm: float | None
+
+
+def info_bar_start(image: np.ndarray, min_zero_fraction: float = 0.5) -> int:
+    """First row of the instrument info bar at the bottom (rows mostly exact black), or the height if none.
+
+    Only the bottom quarter is searched: an SEM image row is almost never half exact zeros.
+    """
+    zero_fraction = (image == 0).mean(axis=1)
+    start = image.shape[0]
+    for row in range(image.shape[0] - 1, int(image.shape[0] * 0.75), -1):
+        if zero_fraction[row] >= min_zero_fraction:
+            start = row
+    return start
+
+
+def zeiss_pixel_size_nm(tif: tifffile.TiffFile) -> float | None:
+    """Pixel size from the Zeiss CZ_SEM tag ('ap_image_pixel_size' or 'ap_pixel_size'), in nm."""
+    tag = tif.pages[0].tags.get("CZ_SEM")
+    if tag is None or not isinstance(tag.value, dict):
+        return None
+    for key in ("ap_image_pixel_size", "ap_pixel_size"):
+        entry = tag.value.get(key)
+        if entry and len(entry) >= 3 and entry[2] in _UNITS_NM and float(entry[1]) > 0:
+            return float(entry[1]) * _UNITS_NM[entry[2]]
+    return None
+
+
+def load_reference(folder: str | Path = DEFAULT_REFERENCE, limit: int | None = None) -> list[ReferenceImage]:
+    """Every SEM/<id>.tif of the folder (sorted), with masks/<id>_m.tif when present."""
+    folder = Path(folder)
+    paths = sorted((folder / "SEM").glob("*.tif"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no SEM/*.tif images")
+    out = []
+    for path in paths[:limit]:
+        with tifffile.TiffFile(path) as tif:
+            raw = tif.pages[0].asarray()
+            pixel_size = zeiss_pixel_size_nm(tif)
+        if raw.ndim == 3:
+            raw = raw[..., :3].mean(axis=2)
+        top = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+        rows = info_bar_start(raw)
+        mask_path = folder / "masks" / f"{path.stem}_m.tif"
+        mask = tifffile.imread(mask_path)[:rows] > 0 if mask_path.exists() else None
+        out.append(ReferenceImage(path.stem, (raw[:rows] / top).astype(np.float32), mask, pixel_size))
+    return out

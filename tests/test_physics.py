@@ -1,0 +1,198 @@
+"""SEM image formation: every effect measured from the images it produces, labels checked to move with pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import small_config, spheres
+from scipy.special import erf
+
+from simulator.config import ChargingConfig, DetectorConfig, ProbeConfig, ScanConfig, ShadingConfig
+from simulator.detector import detect, dose_electrons
+from simulator.instrument import charge, probe_blur, scan_offsets_px
+from simulator.pipeline import simulate_image
+from simulator.preview import instance_boundaries
+from simulator.render import RenderOut, render
+from simulator.shading import shade
+
+PLAIN = ShadingConfig(substrate_texture=0.0, edge_gain=0.0, et_fraction=0.0)
+
+
+def _flat_buffers(shape, normal=(0.0, 0.0, 1.0), instance=1) -> RenderOut:
+    normals = np.broadcast_to(np.asarray(normal, np.float32), (*shape, 3)).copy()
+    return RenderOut(
+        instance_id=np.full(shape, instance, np.int32), height_nm=np.full(shape, 50.0, np.float32),
+        normal=normals, amodal_instance=np.zeros(0, np.int32), amodal_pixel=np.zeros(0, np.int64), n_instances=1,
+    )
+
+
+@pytest.mark.parametrize("current_pA", [0.4, 60.0])  # exact Poisson-Poisson-Gamma chain, and its normal regime
+def test_noise_on_a_flat_region_falls_as_one_over_sqrt_dose(current_pA):
+    delta, k = 0.5, 2.0
+    signal = np.full((256, 256), delta, np.float32)
+    stds = []
+    for factor in (1.0, 4.0):
+        cfg = DetectorConfig(probe_current_pA=current_pA * factor, gain_shape=k, contrast=0.3, brightness=0.05)
+        out = detect(signal, cfg, 1.0, rng=np.random.default_rng(1))
+        dose = dose_electrons(cfg, 1.0)
+        assert out.mean() == pytest.approx(0.05 + 0.3 * delta, rel=0.02)
+        expected_var = 0.3**2 * delta * (1 + delta + 1 / k) / dose
+        assert out.var() == pytest.approx(expected_var, rel=0.06)
+        stds.append(out.std())
+    assert stds[0] / stds[1] == pytest.approx(2.0, rel=0.1)
+
+
+@pytest.mark.parametrize(
+    ("probe", "sigma_x_nm", "sigma_y_nm"),
+    [
+        (ProbeConfig(sigma_nm=12.0), 12.0, 12.0),
+        (ProbeConfig(sigma_nm=6.0, defocus_nm=2000.0, convergence_mrad=5.0), np.hypot(6, 10), np.hypot(6, 10)),
+        (ProbeConfig(sigma_nm=10.0, astigmatism_ratio=4.0, astigmatism_angle_deg=0.0), 20.0, 5.0),
+    ],
+)
+def test_blurred_step_edge_has_the_configured_sigma(probe, sigma_x_nm, sigma_y_nm):
+    px = 1.0
+    n = 201
+    grid = np.arange(n) - n // 2
+    for axis, expected in ((1, sigma_x_nm), (0, sigma_y_nm)):
+        step = (np.broadcast_to(grid, (n, n)) if axis == 1 else np.broadcast_to(grid[:, None], (n, n))) >= 0
+        out = probe_blur(np.where(step, 0.8, 0.2).astype(np.float32), probe, px)
+        profile = out[n // 2, :] if axis == 1 else out[:, n // 2]
+        # Least-squares fit of an erf edge; the fitted sigma is what the image shows.
+        sigmas = np.linspace(0.5 * expected, 1.5 * expected, 401)
+        x = grid + 0.0
+        errors = [np.sum((0.5 + 0.3 * erf((x + 0.5) / (np.sqrt(2) * s / px)) - profile) ** 2) for s in sigmas]
+        fitted = sigmas[int(np.argmin(errors))]
+        assert fitted == pytest.approx(expected, rel=0.1)
+
+
+@pytest.mark.parametrize("n", [0.8, 1.3])
+def test_tilted_plane_brightness_follows_delta0_over_cos_n(n):
+    cfg = dataclasses.replace(PLAIN, particle_yield=0.4, tilt_exponent=n, max_tilt_gain=50.0)
+    detector = DetectorConfig(noise=False, contrast=1.0, brightness=0.0)
+    for theta_deg in (0, 20, 40, 60, 70):
+        theta = np.deg2rad(theta_deg)
+        buffers = _flat_buffers((32, 32), normal=(np.sin(theta), 0.0, np.cos(theta)))
+        image = detect(probe_blur(shade(buffers, cfg, 5.0), ProbeConfig(sigma_nm=5.0), 5.0), detector, 1.0, None)
+        assert image.mean() == pytest.approx(0.4 / np.cos(theta) ** n, rel=1e-4)
+
+
+def test_sphere_rim_is_brighter_than_its_centre_and_more_so_at_higher_beam_energy():
+    px, r = 2.0, 100.0
+    buffers = render(spheres([100 * px, 100 * px, r], r), 200, 200, px)
+    yy, xx = np.mgrid[0:200, 0:200]
+    radius = np.hypot((xx + 0.5) * px - 100 * px, (yy + 0.5) * px - 100 * px) / r
+    rim, centre = (radius > 0.9) & (radius < 1.0), radius < 0.3
+    ratios = []
+    for energy in (5.0, 10.0, 20.0, 30.0):
+        cfg = dataclasses.replace(PLAIN, edge_gain=0.5, edge_range_nm=12.0, beam_energy_keV=energy)
+        signal = shade(buffers, cfg, px)
+        ratios.append(signal[rim].mean() / signal[centre].mean())
+    assert ratios[0] > 1.0
+    assert all(b > a * 1.01 for a, b in zip(ratios, ratios[1:], strict=False))
+    # Without the edge effect only the tilt term remains, and it does not depend on the energy.
+    flat = [shade(buffers, dataclasses.replace(PLAIN, beam_energy_keV=e), px) for e in (5.0, 30.0)]
+    assert np.array_equal(flat[0], flat[1])
+
+
+def _gradient_alignment(image: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of the strongest image gradients (top 3 %) lying within 1 px of a label boundary."""
+    gy, gx = np.gradient(image.astype(np.float64))
+    magnitude = np.hypot(gx, gy)
+    strong = magnitude > np.quantile(magnitude, 0.97)
+    edge = instance_boundaries(labels) | instance_boundaries(np.where(labels > 0, 0, 1))
+    near = np.zeros_like(edge)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near |= np.roll(np.roll(edge, dy, axis=0), dx, axis=1)
+    return float((strong & near).sum() / strong.sum())
+
+
+def test_drift_and_jitter_move_image_edges_and_mask_edges_together():
+    scan = ScanConfig(line_jitter_px=1.5, drift_x_nm_per_s=3000.0, drift_y_nm_per_s=-2000.0,
+                      vibration_amplitude_nm=12.0, vibration_frequency_hz=900.0, vibration_angle_deg=30.0)
+    cfg = small_config(shading={"substrate_texture": 0.0}, probe={"sigma_nm": 2.0}, detector={"noise": False})
+    still = simulate_image(cfg, 5, 0)
+    moved = simulate_image(dataclasses.replace(cfg, scan=scan), 5, 0)
+    # Same geometry (the scan has its own random stream), but the scan moved the labels ...
+    assert np.array_equal(still.scene.primaries.centre_nm, moved.scene.primaries.centre_nm)
+    changed = (still.render.instance_id != moved.render.instance_id).mean()
+    assert changed > 0.01
+    # ... and the image edges moved with them: the strongest gradients sit on the moved mask boundaries as
+    # well as they sat on the still ones, and far better than on the still boundaries.
+    aligned = _gradient_alignment(moved.image, moved.render.instance_id)
+    baseline = _gradient_alignment(still.image, still.render.instance_id)
+    stale = _gradient_alignment(moved.image, still.render.instance_id)
+    assert aligned > 0.9 and aligned >= baseline - 0.02
+    assert stale < aligned - 0.1
+
+
+def test_scan_offsets_follow_the_scan_time():
+    scan = ScanConfig(drift_x_nm_per_s=1000.0, dwell_time_us=2.0, flyback_time_us=50.0)
+    off = scan_offsets_px((10, 20), 5.0, scan, np.random.default_rng(0))
+    line_time_s = (20 * 2.0 + 50.0) * 1e-6
+    assert off[9, 19, 0] == pytest.approx(1000.0 * (9 * line_time_s + 19 * 2e-6) / 5.0, rel=1e-5)
+    assert np.all(off[..., 1] == 0)
+    assert scan_offsets_px((10, 20), 5.0, ScanConfig(), np.random.default_rng(0)) is None
+
+
+def test_every_effect_off_reproduces_the_ideal_signal():
+    cfg = small_config(
+        shading={"substrate_texture": 0.0, "edge_gain": 0.0, "et_fraction": 0.0, "tilt_exponent": 0.0},
+        probe={"sigma_nm": 0.0}, charging={"strength": 0.0},
+        detector={"noise": False, "contrast": 1.0, "brightness": 0.0},
+    )
+    sim = simulate_image(cfg, 2, 0)
+    assert np.array_equal(sim.image, sim.ideal)
+    particle = sim.render.instance_id > 0
+    assert np.all(sim.image[particle] == np.float32(cfg.shading.particle_yield))
+    assert np.all(sim.image[~particle] == np.float32(cfg.shading.substrate_yield))
+
+
+def test_side_detector_shadows_the_far_side_of_a_particle():
+    px, r = 4.0, 80.0
+    buffers = render(spheres([100 * px, 50 * px, r], r), 200, 100, px)
+    cfg = dataclasses.replace(PLAIN, et_fraction=1.0, et_azimuth_deg=0.0, et_elevation_deg=30.0, et_shadow=0.8)
+    signal = shade(buffers, cfg, px)
+    row = signal[50]
+    gap = int(r / px) + 5
+    towards, away = row[100 + gap : 100 + gap + 10].mean(), row[100 - gap - 10 : 100 - gap].mean()
+    assert away < 0.5 * towards  # substrate in the particle's shadow, on the side away from the detector
+    facing, turned_away = signal[50, 100 + 10], signal[50, 100 - 10]
+    assert facing > turned_away  # the side of the particle that faces the detector is brighter
+
+
+def test_charging_brightens_poorly_connected_aggregates_with_halo_and_streak():
+    cfg = small_config(field={"primaries_per_um2": 12.0})
+    sim = simulate_image(cfg, 3, 0)
+    base = sim.ideal
+    charged = charge(base, sim.render, sim.scene, ChargingConfig(strength=1.0, halo_nm=40.0, streak_length_px=30,
+                                                                 streak_gain=0.5), cfg.image.pixel_size_nm)
+    gain = charged / base
+    particle = sim.render.instance_id > 0
+    assert gain[particle].max() > 1.2 and gain.min() >= 1.0 - 1e-6
+    # Streak: substrate just right of particles (scan direction) gains more than just left of them.
+    right = np.zeros_like(particle)
+    right[:, 3:] = particle[:, :-3]
+    left = np.zeros_like(particle)
+    left[:, :-3] = particle[:, 3:]
+    right &= ~particle
+    left &= ~particle
+    assert gain[right].mean() > gain[left].mean() + 0.01
+
+
+def test_info_bar_rows_carry_no_labels():
+    cfg = small_config(detector={"info_bar": True, "info_bar_height_px": 24})
+    sim = simulate_image(cfg, 0, 0)
+    assert sim.image.shape == (120 + 24, 160) and sim.render.instance_id.shape == sim.image.shape
+    assert not sim.render.instance_id[120:].any() and sim.image[120:].max() > 0.9
+
+
+def test_common_random_numbers_noise_changes_keep_geometry_and_masks():
+    a = simulate_image(small_config(detector={"probe_current_pA": 20.0}), 9, 1)
+    b = simulate_image(small_config(detector={"probe_current_pA": 200.0}, probe={"sigma_nm": 9.0}), 9, 1)
+    assert np.array_equal(a.render.instance_id, b.render.instance_id)
+    assert np.array_equal(a.render.amodal_pixel, b.render.amodal_pixel)
+    assert not np.array_equal(a.image, b.image)
