@@ -81,5 +81,49 @@ def write_preview(dataset: Path, out_png: Path, max_images: int = 2) -> Path:
     return out_png
 
 
+@app.command()
+def preview(
+    config: Path = typer.Argument(..., help="TOML config to preview, e.g. configs/default.toml."),
+    out: Path = typer.Option(..., "--out", help="Contact sheet PNG to write."),
+    reference: Path = typer.Option(
+        None, "--reference", help="Real images (SEM/<id>.tif + masks/<id>_m.tif); default ../shared/data/bam-tio2-sem."
+    ),
+    n: int = typer.Option(3, "--n", min=1, help="Rows of the sheet (synthetic and real side by side)."),
+    n_stats: int = typer.Option(8, "--n-stats", min=1, help="Synthetic images measured for the statistics table."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    synthetic_only: bool = typer.Option(
+        False, "--synthetic-only", help="Sheet without real crops (for sharing: the reference set is CC BY-NC-ND)."
+    ),
+) -> None:
+    """Contact sheet of synthetic images next to real ones at the same scale, plus a statistics table
+    (OUT.md) and the power spectra (OUT_spectrum.png) of real vs synthetic."""
+    from eval.compare import compare, criteria_met, markdown_table, preview_tiles, spectrum_plot
+    from eval.reference import DEFAULT_REFERENCE, load_reference
+    from simulator.config import ConfigError, load_config
+    from simulator.dataset import atomic_write_bytes, encode_png
+    from simulator.preview import contact_sheet
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as err:
+        _fail(str(err))
+    folder = reference or DEFAULT_REFERENCE
+    try:
+        real = load_reference(folder)
+    except FileNotFoundError as err:
+        _fail(f"{err} (pass --reference DIR)")
+    tiles = preview_tiles(cfg, [] if synthetic_only else real, n=n, seed=seed)
+    atomic_write_bytes(out, encode_png(contact_sheet(tiles, columns=1 if synthetic_only else 2)))
+    result = compare(cfg, real, n_synthetic=n_stats, seed=seed)
+    table = markdown_table(result)
+    table_path = out.with_suffix(".md")
+    atomic_write_bytes(table_path, table.encode())
+    spectrum_png = out.with_name(out.stem + "_spectrum.png")
+    spectrum_plot(result, str(spectrum_png))
+    typer.echo(table)
+    typer.echo(f"sheet: {out}\ntable: {table_path}\nspectra: {spectrum_png}")
+    typer.echo("statistics within 20 % of the reference: " + ("yes" if criteria_met(result) else "NO"))
+
+
 if __name__ == "__main__":
     app()

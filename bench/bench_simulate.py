@@ -6,6 +6,12 @@ split per stage, the throughput with more workers, and peak memory. Run: python 
 
 from __future__ import annotations
 
+import os
+
+# One thread per process: the figures are per core, and worker processes must not oversubscribe the cores.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 import argparse
 import resource
 import sys
@@ -13,13 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+cv2.setNumThreads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.config import load_config  # noqa: E402
-from simulator.dataset import encode_png, image_records, write_dataset  # noqa: E402
-from simulator.pipeline import quantize, simulate_image  # noqa: E402
+from simulator.config import load_config
+from simulator.dataset import encode_png, image_records, write_dataset
+from simulator.pipeline import quantize, simulate_image
 
 
 def stage_split(cfg, n: int) -> dict[str, float]:
@@ -32,7 +40,7 @@ def stage_split(cfg, n: int) -> dict[str, float]:
         totals["annotations (RLE)"] = totals.get("annotations (RLE)", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         encode_png(quantize(sim.image, cfg.image.bit_depth))
-        encode_png(sim.render.instance_id.astype(np.uint16))
+        encode_png(sim.render.instance_id.astype(np.uint16), labels=True)
         totals["PNG encode"] = totals.get("PNG encode", 0.0) + time.perf_counter() - t
     return {k: 1000 * v / n for k, v in totals.items()}
 

@@ -144,20 +144,22 @@ class ShadingConfig:
 
     section: ClassVar[str] = "shading"
     beam_energy_keV: float = 20.0
-    particle_yield: float = 1.1
+    particle_yield: float = 1.2
     substrate_yield: float = 0.34
     tilt_exponent: float = 0.9
-    max_tilt_gain: float = 1.8
-    edge_gain: float = 0.25
+    max_tilt_gain: float = 1.5
+    edge_gain: float = 0.2
     edge_range_nm: float = 15.0
     edge_step_nm: float = 20.0
     substrate_texture: float = 0.17
     texture_scale_nm: float = 1000.0
     texture_ridges: float = 0.6
-    et_fraction: float = 0.3
+    facets: float = 0.7
+    facet_count: int = 14
+    et_fraction: float = 0.45
     et_azimuth_deg: float = 135.0
     et_elevation_deg: float = 35.0
-    et_shadow: float = 0.15
+    et_shadow: float = 0.0
 
     def __post_init__(self) -> None:
         _check_range("shading.beam_energy_keV", self.beam_energy_keV, 0.1, 40.0)
@@ -171,6 +173,8 @@ class ShadingConfig:
         _check_range("shading.substrate_texture", self.substrate_texture, 0.0, 1.0)
         _check_range("shading.texture_scale_nm", self.texture_scale_nm, 1.0, 1e6)
         _check_range("shading.texture_ridges", self.texture_ridges, 0.0, 1.0)
+        _check_range("shading.facets", self.facets, 0.0, 1.0)
+        _check_range("shading.facet_count", self.facet_count, 4, 200)
         _check_range("shading.et_fraction", self.et_fraction, 0.0, 1.0)
         _check_range("shading.et_azimuth_deg", self.et_azimuth_deg, -360.0, 360.0)
         _check_range("shading.et_elevation_deg", self.et_elevation_deg, 1.0, 89.0)
@@ -182,7 +186,7 @@ class ProbeConfig:
     """Beam profile: Gaussian probe, astigmatism and defocus."""
 
     section: ClassVar[str] = "probe"
-    sigma_nm: float = 6.5
+    sigma_nm: float = 5.0
     astigmatism_ratio: float = 1.0
     astigmatism_angle_deg: float = 0.0
     defocus_nm: float = 0.0

@@ -36,7 +36,7 @@ def detect(
     if not cfg.noise:
         return (cfg.brightness + cfg.contrast * signal).astype(np.float32)
     dose = dose_electrons(cfg, dwell_time_us)
-    pulses = _detected_pulses(signal.astype(np.float64), dose, cfg.gain_shape, rng)
+    pulses = _detected_pulses(signal, dose, cfg.gain_shape, rng)
     out = cfg.brightness + cfg.contrast * pulses / dose
     if cfg.read_noise > 0:
         out += rng.normal(0.0, cfg.read_noise, signal.shape)
@@ -55,7 +55,7 @@ def _detected_pulses(delta: np.ndarray, dose: float, k: float, rng: np.random.Ge
     whose skewness, small at that count, falls as 1/sqrt(dose delta); this is several times faster.
     """
     mean = dose * delta
-    pulses = mean + np.sqrt(mean * (1.0 + delta + 1.0 / k)) * rng.standard_normal(delta.shape)
+    pulses = mean + np.sqrt(mean * (1.0 + delta + 1.0 / k)) * rng.standard_normal(delta.shape, dtype=np.float32)
     low = np.flatnonzero(mean.ravel() < _EXACT_BELOW)
     if low.size:
         arrivals = rng.poisson(dose, low.size)

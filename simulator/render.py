@@ -5,8 +5,8 @@ x = (j + 0.5) * pixel_size_nm, y = (i + 0.5) * pixel_size_nm, looking down -z. A
 (amodal mask) when that ray meets the body; the visible instance of a pixel is the primary whose top surface
 along the ray is highest. Labels therefore come from the geometry alone, never from the rendered image.
 
-All primaries are processed together: every pixel of every primary's bounding box becomes one ray sample in a
-flat array, so the work is a handful of numpy operations whatever the number of primaries.
+One compiled pass (numba) casts the ray of every pixel in each primary's bounding box, records the amodal hits
+and keeps the highest hit per pixel; normals are computed afterwards for the visible surface only.
 
 Ray-surface intersection: for ellipsoids the top root of a quadratic (exact). For perturbed bodies the surface
 lies between an inner and an outer scaled ellipsoid (``shell_in``, ``shell_out``); rays that enter the inner
@@ -40,7 +40,7 @@ class RenderOut:
     height_nm:   (H, W) float32, height of the visible surface above the substrate (0 on the substrate).
     normal:      (H, W, 3) float32 unit outward normal (x = column, y = row, z = up); (0, 0, 1) on substrate.
     amodal_instance, amodal_pixel: (M,) every (instance id, row-major flat pixel index) pair where the
-        primary's full projection covers the pixel, sorted by instance then pixel.
+        primary's full projection covers the pixel, sorted by instance, then in column-major pixel order.
     """
 
     instance_id: np.ndarray
@@ -66,28 +66,7 @@ class RenderOut:
         return np.bincount(self.amodal_instance, minlength=self.n_instances + 1)
 
 
-def _ray_samples(primaries: Primaries, width_px: int, height_px: int, pixel_size_nm: float, margin_px: int):
-    """One sample per pixel of each primary's projected bounding box (outer shell), grown by ``margin_px`` for
-    displaced rays and clipped to the image."""
-    inverse = np.linalg.inv(primaries.shape_matrix)
-    ext_x = primaries.shell_out * np.sqrt(inverse[:, 0, 0])
-    ext_y = primaries.shell_out * np.sqrt(inverse[:, 1, 1])
-    cx, cy = primaries.centre_nm[:, 0], primaries.centre_nm[:, 1]
-    col0 = np.maximum(np.ceil((cx - ext_x) / pixel_size_nm - 0.5) - margin_px, 0).astype(np.int64)
-    col1 = np.minimum(np.floor((cx + ext_x) / pixel_size_nm - 0.5) + margin_px, width_px - 1).astype(np.int64)
-    row0 = np.maximum(np.ceil((cy - ext_y) / pixel_size_nm - 0.5) - margin_px, 0).astype(np.int64)
-    row1 = np.minimum(np.floor((cy + ext_y) / pixel_size_nm - 0.5) + margin_px, height_px - 1).astype(np.int64)
-    box_w = np.maximum(col1 - col0 + 1, 0)
-    box_h = np.maximum(row1 - row0 + 1, 0)
-    counts = box_w * box_h
-    prim = np.repeat(np.arange(len(primaries)), counts)
-    local = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    row = row0[prim] + local // box_w[prim]
-    col = col0[prim] + local % box_w[prim]
-    return prim, row, col
-
-
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _surface_along_ray(t, a, b, c, r2, q, degree):
     """F(q(t)) for one ray; q[d, l] holds the ray's perturbation polynomial as sum_d |q|^-d sum_l q[d, l] t^l."""
     ellipsoid = np.sqrt(max(a * t * t + 2.0 * b * t + c, 0.0))
@@ -101,7 +80,7 @@ def _surface_along_ray(t, a, b, c, r2, q, degree):
     return ellipsoid - 1.0 - total
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
 def _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, max_steps, tol):
     side = 0
     t_new = t_lo
@@ -122,7 +101,7 @@ def _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, max_steps, tol):
     return t_new
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
 def _golden_min(lo, hi, a, b, c, r2, q, degree, steps):
     g = (np.sqrt(5.0) - 1.0) / 2.0
     x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
@@ -140,13 +119,13 @@ def _golden_min(lo, hi, a, b, c, r2, q, degree, steps):
     return (x1, f1) if f1 < f2 else (x2, f2)
 
 
-@numba.njit(cache=True)
-def _normal_at(x, y, t, m, coeff, exps, degree, out, p0, p1, p2):
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _normal_at(x, y, t, p, m6, coeff, exps, degree, out, p0, p1, p2):
     """Unit outward normal grad F / |grad F| at q = (x, y, t) into ``out`` (3,); p0, p1, p2 are scratch
     arrays of length degree + 1."""
-    mq0 = m[0] * x + m[1] * y + m[2] * t
-    mq1 = m[1] * x + m[3] * y + m[4] * t
-    mq2 = m[2] * x + m[4] * y + m[5] * t
+    mq0 = m6[p, 0] * x + m6[p, 1] * y + m6[p, 2] * t
+    mq1 = m6[p, 1] * x + m6[p, 3] * y + m6[p, 4] * t
+    mq2 = m6[p, 2] * x + m6[p, 4] * y + m6[p, 5] * t
     inv_e = 1.0 / np.sqrt(max(mq0 * x + mq1 * y + mq2 * t, 1e-300))
     g0, g1, g2 = mq0 * inv_e, mq1 * inv_e, mq2 * inv_e
     if degree > 0:
@@ -158,7 +137,7 @@ def _normal_at(x, y, t, m, coeff, exps, degree, out, p0, p1, p2):
         d0 = d1 = d2 = 0.0
         for k in range(exps.shape[0]):
             i, j, e = exps[k, 0], exps[k, 1], exps[k, 2]
-            ck = coeff[k]
+            ck = coeff[p, k]
             if i > 0:
                 d0 += ck * i * p0[i - 1] * p1[j] * p2[e]
             if j > 0:
@@ -173,106 +152,150 @@ def _normal_at(x, y, t, m, coeff, exps, degree, out, p0, p1, p2):
     out[0], out[1], out[2] = g0 / gn, g1 / gn, g2 / gn
 
 
-@numba.njit(cache=True)
-def _solve_rays(prim, dx, dy, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz):
-    """Top intersection of vertical rays with their primaries.
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _ray_top(x, y, p, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz, q, px, py):
+    """Top intersection of the vertical ray at offset (x, y) nm from primary p's centre with its surface.
 
-    prim (S,) primary per ray; dx, dy (S,) ray offset from that primary's centre (nm); per primary: m6 (N, 6)
-    upper triangle of M, coeff (N, K), rough (N,) bool, shells and Lipschitz bounds (N,).
-    Returns hit (S,) bool, t (S,) height above the centre (nm), normal (S, 3).
+    Returns (hit, t): t is the height of the hit above the centre (nm). q, px, py are scratch arrays.
+    (Arrays are passed whole with the index p: slicing them per ray would cost reference counting.)
     """
-    n = len(dx)
-    hit = np.zeros(n, np.bool_)
-    t_res = np.zeros(n)
-    normal = np.zeros((n, 3))
+    a = m6[p, 5]
+    b = m6[p, 2] * x + m6[p, 4] * y
+    c = m6[p, 0] * x * x + 2.0 * m6[p, 1] * x * y + m6[p, 3] * y * y
+    shell_out, shell_in, lipschitz = shell_out[p], shell_in[p], lipschitz[p]
+    if not rough[p]:
+        disc = b * b - a * (c - 1.0)
+        if disc > 0:
+            return True, (-b + np.sqrt(disc)) / a
+        return False, 0.0
+    disc_out = b * b - a * (c - shell_out * shell_out)
+    if disc_out <= 0:
+        return False, 0.0
+    r2 = x * x + y * y
+    for d in range(1, degree + 1):
+        px[d], py[d] = px[d - 1] * x, py[d - 1] * y
+    q[:, :] = 0.0
+    for k in range(exps.shape[0]):
+        i, j, e = exps[k, 0], exps[k, 1], exps[k, 2]
+        q[i + j + e, e] += coeff[p, k] * px[i] * py[j]
+    t_out = (-b + np.sqrt(disc_out)) / a
+    t_exit = (-b - np.sqrt(disc_out)) / a
+    f_out = _surface_along_ray(t_out, a, b, c, r2, q, degree)
+    if f_out <= 0:  # the outer bound touches the surface here: the entry point is the hit
+        return True, t_out
+    found = False
+    t_hi, f_hi, t_lo, f_lo = t_out, f_out, t_out, f_out
+    disc_in = b * b - a * (c - shell_in * shell_in)
+    if disc_in > 0:
+        t_lo = (-b + np.sqrt(disc_in)) / a
+        f_lo = _surface_along_ray(t_lo, a, b, c, r2, q, degree)
+        found = f_lo <= 0
+    if not found:
+        # March down the outer chord (the body may bulge below its middle) until F <= 0.
+        step = (t_out - t_exit) / (RIM_SAMPLES - 1)
+        f_prev, f_min, k_min = f_out, f_out, 0
+        for k in range(1, RIM_SAMPLES):
+            tk = t_out - step * k
+            fk = _surface_along_ray(tk, a, b, c, r2, q, degree)
+            if fk <= 0:
+                t_hi, f_hi, t_lo, f_lo = tk + step, f_prev, tk, fk
+                found = True
+                break
+            f_prev = fk
+            if fk < f_min:
+                f_min, k_min = fk, k
+        if not found and f_min <= 0.5 * lipschitz * step:
+            # Near miss: F came within L h / 2 of zero, so it may dip below between samples.
+            k_c = min(max(k_min, 1), RIM_SAMPLES - 2)
+            upper = t_out - step * (k_c - 1)
+            t_g, f_g = _golden_min(t_out - step * (k_c + 1), upper, a, b, c, r2, q, degree, GOLDEN_STEPS)
+            if f_g <= 0:
+                t_hi, t_lo, f_lo = upper, t_g, f_g
+                f_hi = max(_surface_along_ray(upper, a, b, c, r2, q, degree), 0.0)
+                found = True
+    if not found:
+        return False, 0.0
+    return True, _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, MAX_REFINE_STEPS, F_TOL)
+
+
+@numba.njit(cache=True, fastmath=True, error_model="numpy")
+def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz, pixel_size_nm,
+             offsets, width, height):
+    """Cast the ray of every pixel of every primary's box; keep the highest hit per pixel.
+
+    boxes (N, 4): row0, row1, col0, col1 (inclusive, clipped); offsets (H, W, 2) px or (0, 0, 2) for none.
+    Returns instance_id (H*W,), height (H*W,), normal (H*W, 3), amodal instance and pixel (M,) each.
+    """
+    n_pix = width * height
+    instance = np.zeros(n_pix, np.int32)
+    z_top = np.full(n_pix, -1e30, np.float32)  # finite sentinel: fastmath assumes no infinities
+    total = 0
+    for p in range(boxes.shape[0]):
+        total += max(boxes[p, 1] - boxes[p, 0] + 1, 0) * max(boxes[p, 3] - boxes[p, 2] + 1, 0)
+    amodal_instance = np.empty(total, np.int32)
+    amodal_pixel = np.empty(total, np.int64)
+    n_amodal = 0
+    shifted = offsets.shape[0] > 0
     q = np.zeros((degree + 1, degree + 1))
     px = np.ones(degree + 1)
     py = np.ones(degree + 1)
+    for p in range(boxes.shape[0]):
+        # Column by column: each primary's amodal pixels come out in COCO's column-major order.
+        for col in range(boxes[p, 2], boxes[p, 3] + 1):
+            for row in range(boxes[p, 0], boxes[p, 1] + 1):
+                xr, yr = col + 0.5, row + 0.5
+                if shifted:
+                    xr += offsets[row, col, 0]
+                    yr += offsets[row, col, 1]
+                x = xr * pixel_size_nm - centre[p, 0]
+                y = yr * pixel_size_nm - centre[p, 1]
+                hit, t = _ray_top(x, y, p, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz, q, px, py)
+                if not hit:
+                    continue
+                pix = row * width + col
+                amodal_instance[n_amodal] = p + 1
+                amodal_pixel[n_amodal] = pix
+                n_amodal += 1
+                z = centre[p, 2] + t
+                if z > z_top[pix]:
+                    z_top[pix], instance[pix] = z, p + 1
+    # Normals of the visible surface only.
+    normal = np.zeros((n_pix, 3), np.float32)
+    g = np.zeros(3)
     p0 = np.ones(degree + 1)
     p1 = np.ones(degree + 1)
     p2 = np.ones(degree + 1)
-    for s in range(n):
-        p = prim[s]
-        m = m6[p]
-        x, y = dx[s], dy[s]
-        a = m[5]
-        b = m[2] * x + m[4] * y
-        c = m[0] * x * x + 2.0 * m[1] * x * y + m[3] * y * y
-        if not rough[p]:
-            disc = b * b - a * (c - 1.0)
-            if disc > 0:
-                hit[s], t_res[s] = True, (-b + np.sqrt(disc)) / a
-                _normal_at(x, y, t_res[s], m, coeff[p], exps, 0, normal[s], p0, p1, p2)
+    for pix in range(n_pix):
+        p = instance[pix] - 1
+        if p < 0:
+            normal[pix, 2] = 1.0
+            z_top[pix] = 0.0
             continue
-        disc_out = b * b - a * (c - shell_out[p] ** 2)
-        if disc_out <= 0:
-            continue
-        r2 = x * x + y * y
-        for d in range(1, degree + 1):
-            px[d], py[d] = px[d - 1] * x, py[d - 1] * y
-        q[:, :] = 0.0
-        for k in range(exps.shape[0]):
-            i, j, e = exps[k, 0], exps[k, 1], exps[k, 2]
-            q[i + j + e, e] += coeff[p, k] * px[i] * py[j]
-        t_out = (-b + np.sqrt(disc_out)) / a
-        t_exit = (-b - np.sqrt(disc_out)) / a
-        f_out = _surface_along_ray(t_out, a, b, c, r2, q, degree)
-        found = False
-        t_hi, f_hi, t_lo, f_lo = t_out, f_out, t_out, f_out
-        if f_out <= 0:  # the outer bound touches the surface here: the entry point is the hit
-            hit[s], t_res[s] = True, t_out
-            _normal_at(x, y, t_out, m, coeff[p], exps, degree, normal[s], p0, p1, p2)
-            continue
-        disc_in = b * b - a * (c - shell_in[p] ** 2)
-        if disc_in > 0:
-            t_lo = (-b + np.sqrt(disc_in)) / a
-            f_lo = _surface_along_ray(t_lo, a, b, c, r2, q, degree)
-            found = f_lo <= 0
-        if not found:
-            # March down the outer chord (the body may bulge below its middle) until F <= 0.
-            step = (t_out - t_exit) / (RIM_SAMPLES - 1)
-            f_prev, f_min, k_min = f_out, f_out, 0
-            for k in range(1, RIM_SAMPLES):
-                tk = t_out - step * k
-                fk = _surface_along_ray(tk, a, b, c, r2, q, degree)
-                if fk <= 0:
-                    t_hi, f_hi, t_lo, f_lo = tk + step, f_prev, tk, fk
-                    found = True
-                    break
-                f_prev = fk
-                if fk < f_min:
-                    f_min, k_min = fk, k
-            if not found and f_min <= 0.5 * lipschitz[p] * step:
-                # Near miss: F came within L h / 2 of zero, so it may dip below between samples.
-                k_c = min(max(k_min, 1), RIM_SAMPLES - 2)
-                upper = t_out - step * (k_c - 1)
-                t_g, f_g = _golden_min(t_out - step * (k_c + 1), upper, a, b, c, r2, q, degree, GOLDEN_STEPS)
-                if f_g <= 0:
-                    t_hi, t_lo, f_lo = upper, t_g, f_g
-                    f_hi = max(_surface_along_ray(upper, a, b, c, r2, q, degree), 0.0)
-                    found = True
-        if found:
-            hit[s] = True
-            t_res[s] = _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, MAX_REFINE_STEPS, F_TOL)
-            _normal_at(x, y, t_res[s], m, coeff[p], exps, degree, normal[s], p0, p1, p2)
-    return hit, t_res, normal
+        row, col = pix // width, pix % width
+        xr, yr = col + 0.5, row + 0.5
+        if shifted:
+            xr += offsets[row, col, 0]
+            yr += offsets[row, col, 1]
+        x = xr * pixel_size_nm - centre[p, 0]
+        y = yr * pixel_size_nm - centre[p, 1]
+        t = z_top[pix] - centre[p, 2]
+        _normal_at(x, y, t, p, m6, coeff, exps, degree if rough[p] else 0, g, p0, p1, p2)
+        normal[pix, 0], normal[pix, 1], normal[pix, 2] = g[0], g[1], g[2]
+    return instance, z_top, normal, amodal_instance[:n_amodal], amodal_pixel[:n_amodal]
 
 
-def _top_hits(primaries: Primaries, prim, row, col, pixel_size_nm, offsets_px):
-    """Ray samples that meet their primary: (prim, row, col, t above the centre in nm, unit normal)."""
-    x_px, y_px = col + 0.5, row + 0.5
-    if offsets_px is not None:
-        x_px = x_px + offsets_px[row, col, 0]
-        y_px = y_px + offsets_px[row, col, 1]
-    dx = x_px * pixel_size_nm - primaries.centre_nm[prim, 0]
-    dy = y_px * pixel_size_nm - primaries.centre_nm[prim, 1]
-    iu = np.triu_indices(3)
-    hit, t, normal = _solve_rays(
-        prim, dx, dy, np.ascontiguousarray(primaries.shape_matrix[:, iu[0], iu[1]]),
-        np.ascontiguousarray(primaries.coeff), monomial_exponents(primaries.degree), primaries.degree,
-        np.any(primaries.coeff != 0, axis=1), primaries.shell_out, primaries.shell_in, primaries.lipschitz_per_nm,
-    )
-    return prim[hit], row[hit], col[hit], t[hit], normal[hit]
+def _boxes(primaries: Primaries, width_px: int, height_px: int, pixel_size_nm: float, margin_px: int) -> np.ndarray:
+    """(N, 4) int64 pixel box (row0, row1, col0, col1; inclusive) of each primary's outer-shell shadow, grown by
+    ``margin_px`` for displaced rays and clipped to the image (empty when row1 < row0 or col1 < col0)."""
+    inverse = np.linalg.inv(primaries.shape_matrix)
+    ext_x = primaries.shell_out * np.sqrt(inverse[:, 0, 0])
+    ext_y = primaries.shell_out * np.sqrt(inverse[:, 1, 1])
+    cx, cy = primaries.centre_nm[:, 0], primaries.centre_nm[:, 1]
+    col0 = np.maximum(np.ceil((cx - ext_x) / pixel_size_nm - 0.5) - margin_px, 0)
+    col1 = np.minimum(np.floor((cx + ext_x) / pixel_size_nm - 0.5) + margin_px, width_px - 1)
+    row0 = np.maximum(np.ceil((cy - ext_y) / pixel_size_nm - 0.5) - margin_px, 0)
+    row1 = np.minimum(np.floor((cy + ext_y) / pixel_size_nm - 0.5) + margin_px, height_px - 1)
+    return np.stack([row0, row1, col0, col1], axis=1).astype(np.int64)
 
 
 def render(
@@ -286,35 +309,37 @@ def render(
 
     offsets_px: optional (H, W, 2) displacement (x, y) in pixels of each pixel's ray from its nominal centre,
     for scan distortions: the image and every label are then sampled at the same displaced positions.
+    Where two surfaces are exactly level, the primary listed first is the visible one.
     """
     margin = 0
     if offsets_px is not None:
         if offsets_px.shape != (height_px, width_px, 2):
             raise ValueError(f"offsets_px must have shape {(height_px, width_px, 2)}, got {offsets_px.shape}")
         margin = int(np.ceil(np.abs(offsets_px).max())) + 1
-    prim, row, col = _ray_samples(primaries, width_px, height_px, pixel_size_nm, margin)
-    prim, row, col, t, normal = _top_hits(primaries, prim, row, col, pixel_size_nm, offsets_px)
-    z = primaries.centre_nm[prim, 2] + t
-    pix = row * width_px + col
-
-    order = np.lexsort((z, pix))
-    pix_sorted = pix[order]
-    last = np.r_[pix_sorted[1:] != pix_sorted[:-1], True]
-    win = order[last]
-
-    n_pix = width_px * height_px
-    instance_id = np.zeros(n_pix, np.int32)
-    height_nm = np.zeros(n_pix, np.float32)
-    normals = np.zeros((n_pix, 3), np.float32)
-    normals[:, 2] = 1.0
-    instance_id[pix[win]] = prim[win] + 1
-    height_nm[pix[win]] = z[win]
-    normals[pix[win]] = normal[win]
+    else:
+        offsets_px = np.zeros((0, 0, 2), np.float32)
+    iu = np.triu_indices(3)
+    instance, height_nm, normal, amodal_instance, amodal_pixel = _zbuffer(
+        _boxes(primaries, width_px, height_px, pixel_size_nm, margin),
+        np.ascontiguousarray(primaries.centre_nm, dtype=np.float64),
+        np.ascontiguousarray(primaries.shape_matrix[:, iu[0], iu[1]]),
+        np.ascontiguousarray(primaries.coeff, dtype=np.float64),
+        monomial_exponents(primaries.degree),
+        primaries.degree,
+        np.any(primaries.coeff != 0, axis=1),
+        np.ascontiguousarray(primaries.shell_out, dtype=np.float64),
+        np.ascontiguousarray(primaries.shell_in, dtype=np.float64),
+        np.ascontiguousarray(primaries.lipschitz_per_nm, dtype=np.float64),
+        float(pixel_size_nm),
+        np.ascontiguousarray(offsets_px, dtype=np.float32),
+        width_px,
+        height_px,
+    )
     return RenderOut(
-        instance_id=instance_id.reshape(height_px, width_px),
+        instance_id=instance.reshape(height_px, width_px),
         height_nm=height_nm.reshape(height_px, width_px),
-        normal=normals.reshape(height_px, width_px, 3),
-        amodal_instance=(prim + 1).astype(np.int32),
-        amodal_pixel=pix,
+        normal=normal.reshape(height_px, width_px, 3),
+        amodal_instance=amodal_instance,
+        amodal_pixel=amodal_pixel,
         n_instances=len(primaries),
     )

@@ -4,7 +4,8 @@ Per pixel, the mean number of SE collected per primary electron:
 
     delta = delta0(material) * min(1 / cos(theta)^n, max_tilt_gain) * (1 + edge) * collection
 
-- tilt contrast: theta is the angle between the surface normal and the beam (normal-based);
+- tilt contrast: theta is the angle between the surface normal and the beam (normal-based); optional facets
+  pull each particle's normals towards a few random facet directions (flat patches, sharp facet edges);
 - material contrast: ``particle_yield`` for TiO2, ``substrate_yield`` * (1 + texture) for the substrate, whose
   faint texture is Perlin fBm plus ridged Perlin lines (``noise`` package, evaluated once on a tileable grid,
   then placed with a random shift and rotation per image);
@@ -21,14 +22,17 @@ Nothing here moves a pixel: the labels of the render buffers stay as they are.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import cv2
 import noise
 import numba
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from simulator.config import ShadingConfig
+from simulator.particles import fibonacci_sphere
 from simulator.render import RenderOut
 
 _TILE_PX = 512  # tileable texture: _TILE_CELLS noise cells of _TILE_PX / _TILE_CELLS pixels
@@ -62,7 +66,7 @@ def _texture_tile(ridges: float) -> np.ndarray:
         )
 
     fbm = field(1, 4, 0)
-    curves = (1.0 - np.minimum(np.abs(field(4, 1, 17)) / 0.03, 1.0)) ** 2
+    curves = (1.0 - np.minimum(np.abs(field(4, 3, 17)) / 0.03, 1.0)) ** 2  # 3 octaves: no zeros pinned to the lattice
     sparse = np.clip((field(2, 2, 29) - 0.05) / 0.15, 0.0, 1.0)
     lines = curves * sparse
     tex = (1 - ridges) * (fbm - fbm.mean()) / fbm.std() + ridges * (lines - lines.mean()) / lines.std()
@@ -86,17 +90,27 @@ def substrate_texture(
     )
 
 
+@numba.njit(cache=True)
+def _upper_edges(height_nm: np.ndarray, step_nm: float) -> np.ndarray:
+    """(H, W) uint8: 0 on upper-edge pixels (a 4-neighbour lower by more than ``step_nm``), 1 elsewhere."""
+    rows, cols = height_nm.shape
+    out = np.ones((rows, cols), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            h = height_nm[r, c]
+            if (
+                (r > 0 and h - height_nm[r - 1, c] > step_nm)
+                or (r < rows - 1 and h - height_nm[r + 1, c] > step_nm)
+                or (c > 0 and h - height_nm[r, c - 1] > step_nm)
+                or (c < cols - 1 and h - height_nm[r, c + 1] > step_nm)
+            ):
+                out[r, c] = 0
+    return out
+
+
 def _edge_distance_px(height_nm: np.ndarray, step_nm: float) -> np.ndarray:
-    """Distance (px) of every pixel to the nearest upper-edge pixel: one whose 4-neighbour is lower by > step."""
-    h = np.pad(height_nm, 1, mode="edge")
-    centre = h[1:-1, 1:-1]
-    drop = np.maximum.reduce(
-        [centre - h[:-2, 1:-1], centre - h[2:, 1:-1], centre - h[1:-1, :-2], centre - h[1:-1, 2:]]
-    )
-    edge = drop > step_nm
-    if not edge.any():
-        return np.full(height_nm.shape, np.inf, np.float32)
-    return cv2.distanceTransform((~edge).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    """Distance (px) of every pixel to the nearest upper-edge pixel (5 x 5 chamfer, within 2 % of Euclidean)."""
+    return cv2.distanceTransform(_upper_edges(height_nm, np.float32(step_nm)), cv2.DIST_L2, cv2.DIST_MASK_5)
 
 
 @numba.njit(cache=True)
@@ -123,8 +137,10 @@ def _et_collection(render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float) 
     """
     az, el = np.deg2rad(cfg.et_azimuth_deg), np.deg2rad(cfg.et_elevation_deg)
     towards = np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)], np.float32)
-    facing = np.clip(render.normal @ towards, 0.0, 1.0) / towards[2]  # 1 on the flat substrate
-    if cfg.et_shadow == 0 or not np.any(render.height_nm > 0):
+    facing = np.ones(render.shape, np.float32)  # the flat substrate faces the detector as the reference
+    particle = render.instance_id > 0
+    facing[particle] = np.clip(render.normal[particle] @ towards, 0.0, 1.0) / towards[2]
+    if cfg.et_shadow == 0 or not np.any(particle):
         return facing
     h = render.height_nm
     height, width = h.shape
@@ -139,10 +155,40 @@ def _et_collection(render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float) 
     return facing * (1.0 - cfg.et_shadow * back)
 
 
+def facet_normals(render: RenderOut, strength: float, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) shading normals with facets: each particle's normal is pulled towards the nearest of ``count``
+    facet directions (a Fibonacci set, randomly turned per primary), so brightness varies in flat patches with
+    sharp boundaries, like the faceted surfaces of real TiO2 crystals. Geometry and labels are unchanged.
+    """
+    if strength == 0 or render.n_instances == 0:
+        return render.normal
+    quat = rng.standard_normal((render.n_instances, 4))
+    turns = Rotation.from_quat(quat / np.linalg.norm(quat, axis=1, keepdims=True)).as_matrix()
+    dirs = np.einsum("nij,fj->nfi", turns, fibonacci_sphere(count)).astype(np.float32)  # (N, F, 3)
+    particle = render.instance_id > 0
+    ids = render.instance_id[particle] - 1
+    normal = render.normal[particle]
+    candidates = dirs[ids]  # (M, F, 3)
+    best = candidates[np.arange(len(ids)), np.einsum("mk,mfk->mf", normal, candidates).argmax(axis=1)]
+    mixed = (1.0 - strength) * normal + strength * best
+    out = render.normal.copy()
+    out[particle] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    return out
+
+
 def shade(
-    render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float, texture: np.ndarray | None = None
+    render: RenderOut,
+    cfg: ShadingConfig,
+    pixel_size_nm: float,
+    texture: np.ndarray | None = None,
+    normal: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render buffers -> (H, W) float32 mean SE collected per primary electron. Labels are not touched."""
+    """Render buffers -> (H, W) float32 mean SE collected per primary electron. Labels are not touched.
+
+    ``normal`` overrides the render's normals for shading (e.g. ``facet_normals``); heights still give edges.
+    """
+    if normal is not None:
+        render = replace(render, normal=normal)
     particle = render.instance_id > 0
     if texture is not None and cfg.substrate_texture > 0:
         delta = cfg.substrate_yield * (1.0 + cfg.substrate_texture * texture)
@@ -152,8 +198,8 @@ def shade(
     cos_theta = np.clip(render.normal[particle, 2], 1e-6, 1.0)
     on_particle = cfg.particle_yield * np.minimum(cos_theta ** (-cfg.tilt_exponent), cfg.max_tilt_gain)
     if cfg.edge_gain > 0 and cfg.edge_range_nm > 0:
-        dist_nm = _edge_distance_px(render.height_nm, cfg.edge_step_nm)[particle] * pixel_size_nm
-        on_particle *= 1.0 + cfg.edge_gain * np.exp(-dist_nm / edge_range_nm(cfg))
+        dist_px = _edge_distance_px(render.height_nm, cfg.edge_step_nm)
+        on_particle *= 1.0 + cfg.edge_gain * np.exp(-dist_px[particle] * (pixel_size_nm / edge_range_nm(cfg)))
     delta[particle] = on_particle
     if cfg.et_fraction > 0:
         delta *= (1.0 - cfg.et_fraction) + cfg.et_fraction * _et_collection(render, cfg, pixel_size_nm)

@@ -15,7 +15,7 @@ from simulator.instrument import charge, probe_blur, scan_offsets_px
 from simulator.pipeline import simulate_image
 from simulator.preview import instance_boundaries
 from simulator.render import RenderOut, render
-from simulator.shading import shade
+from simulator.shading import facet_normals, shade
 
 PLAIN = ShadingConfig(substrate_texture=0.0, edge_gain=0.0, et_fraction=0.0)
 
@@ -140,7 +140,7 @@ def test_scan_offsets_follow_the_scan_time():
 
 def test_every_effect_off_reproduces_the_ideal_signal():
     cfg = small_config(
-        shading={"substrate_texture": 0.0, "edge_gain": 0.0, "et_fraction": 0.0, "tilt_exponent": 0.0},
+        shading={"substrate_texture": 0.0, "edge_gain": 0.0, "et_fraction": 0.0, "tilt_exponent": 0.0, "facets": 0.0},
         probe={"sigma_nm": 0.0}, charging={"strength": 0.0},
         detector={"noise": False, "contrast": 1.0, "brightness": 0.0},
     )
@@ -196,3 +196,19 @@ def test_common_random_numbers_noise_changes_keep_geometry_and_masks():
     assert np.array_equal(a.render.instance_id, b.render.instance_id)
     assert np.array_equal(a.render.amodal_pixel, b.render.amodal_pixel)
     assert not np.array_equal(a.image, b.image)
+
+
+def test_facets_shade_flat_patches_without_touching_labels():
+    px, r = 2.0, 60.0
+    buffers = render(spheres([64 * px, 64 * px, r], r), 128, 128, px)
+    smooth = facet_normals(buffers, 0.0, 14, np.random.default_rng(0))
+    full = facet_normals(buffers, 1.0, 14, np.random.default_rng(0))
+    assert smooth is buffers.normal
+    inside = buffers.instance_id == 1
+    # Fully faceted: the normals take at most 14 distinct directions on the particle, and nothing else moves.
+    assert len(np.unique(np.round(full[inside], 5), axis=0)) <= 14
+    assert np.array_equal(full[~inside], buffers.normal[~inside])
+    cfg = dataclasses.replace(PLAIN, particle_yield=0.5)
+    faceted = shade(buffers, cfg, px, normal=full)
+    plain = shade(buffers, cfg, px)
+    assert np.array_equal(faceted[~inside], plain[~inside]) and not np.array_equal(faceted, plain)

@@ -1,0 +1,44 @@
+"""The default config against the real reference images (skipped when ../shared is absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eval.compare import compare, criteria_met, markdown_table
+from eval.image_stats import image_statistics, noise_std
+from eval.reference import DEFAULT_REFERENCE, info_bar_start, load_reference
+from simulator.config import SimConfig
+
+needs_reference = pytest.mark.skipif(
+    not (DEFAULT_REFERENCE / "SEM").is_dir(), reason=f"reference images not found at {DEFAULT_REFERENCE}"
+)
+
+
+def test_statistics_measure_what_they_claim():
+    rng = np.random.default_rng(0)
+    image = np.full((200, 300), 0.2) + rng.normal(0, 0.01, (200, 300))
+    foreground = np.zeros((200, 300), bool)
+    foreground[50:150, 100:200] = True
+    image[foreground] = 0.6
+    stats = image_statistics(image.astype(np.float32), foreground, 5.0)
+    assert stats["substrate_mean"] == pytest.approx(0.2, abs=1e-3)
+    assert stats["substrate_noise_std"] == pytest.approx(0.01, rel=0.05)
+    assert stats["contrast"] == pytest.approx(3.0, rel=0.01)
+    assert stats["coverage"] == pytest.approx(1 / 6, rel=1e-6)
+    # Slow texture does not count as noise.
+    ramp = image + np.linspace(0, 0.2, 300)[None, :]
+    assert noise_std(ramp, ~foreground) == pytest.approx(0.01, rel=0.05)
+    bar = np.ones((100, 50))
+    bar[80:] = 0
+    bar[85, :10] = 1
+    assert info_bar_start(bar) == 80
+
+
+@needs_reference
+def test_default_config_matches_the_reference_within_20_percent():
+    reference = load_reference(DEFAULT_REFERENCE)
+    assert len(reference) == 20 and reference[0].pixel_size_nm == pytest.approx(7.344)
+    assert reference[0].image.shape == (712, 1024)  # the info bar is cut off
+    result = compare(SimConfig(), reference, n_synthetic=3, seed=0)
+    assert criteria_met(result), markdown_table(result)
