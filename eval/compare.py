@@ -106,7 +106,10 @@ def spectrum_plot(result: Comparison, out_png: str) -> None:
     ax.set_xlabel("spatial frequency (1/nm)")
     ax.set_ylabel("power (a.u.)")
     ax.set_title("Radially averaged power spectrum")
-    secondary = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-9), lambda p: 1 / p))
+    def inverse(values):
+        return 1.0 / np.maximum(np.abs(values), 1e-12)
+
+    secondary = ax.secondary_xaxis("top", functions=(inverse, inverse))
     secondary.set_xlabel("period (nm)")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)

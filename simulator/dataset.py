@@ -160,12 +160,23 @@ def image_records(sim: SimImage, cfg: SimConfig, file_stem: str) -> tuple[dict, 
 
 
 # --------------------------------------------------------------------------------------------------- files
+def _file_mode() -> int:
+    """Permissions of an ordinary new file under the current umask (mkstemp alone would give 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, flush, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
