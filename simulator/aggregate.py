@@ -9,60 +9,84 @@ Commun. 2019), with the conventions
 * necking: stuck primaries have centre distance ``(r_i + r_j)(1 - overlap)``, i.e. their "shrunk" spheres of
   radius ``r (1 - overlap)`` touch; no two shrunk spheres may interpenetrate.
 
-Algorithm. Primaries are shuffled and split into sub-clusters of ~10 % of N (at least 8), which are grown
-together (vectorised across sub-clusters) by tunable particle-cluster aggregation (PCA); sub-clusters of
-similar size are then joined pairwise by tunable cluster-cluster aggregation (CCA) until one remains. Either
-way a cluster B (one primary in PCA) is stuck to cluster A with its centre of mass at the distance Gamma from
-A's given by the parallel-axis theorem, ``M3 Rg3^2 = M1 Rg1^2 + M2 Rg2^2 + M1 M2 / M3 Gamma^2``, with Rg3
-the law's target for the merged cluster and Rg1, Rg2 the *actual* values of the parts (so deviations do not
-accumulate). A random pair of primaries (i in A, j in B) that can touch at that distance is brought into
-contact, B randomly oriented about the contact (in CCA only contact directions that are locally free on
-both sides are drawn); batches of such placements are tested at once against all primaries and the first
-one free of overlaps is kept. If the parts are already too large for the target (no real Gamma), the most
-compact of a batch of random free contacts is taken instead. If nothing free is found, Gamma is relaxed step
-by step towards the largest reachable distance, where the two outermost primaries placed in line are
-overlap-free by construction, so every call terminates with a valid, connected aggregate.
+Algorithm. Primaries are shuffled and split into sub-clusters of ~10 % of N (at least 8), which are grown one
+by one by tunable particle-cluster aggregation (PCA); sub-clusters of similar size are then joined pairwise by
+tunable cluster-cluster aggregation (CCA) until one remains. Either way a cluster B (one primary in PCA) is
+stuck to cluster A with its centre of mass at the distance Gamma from A's given by the parallel-axis theorem,
+``M3 Rg3^2 = M1 Rg1^2 + M2 Rg2^2 + M1 M2 / M3 Gamma^2``, with Rg3 the law's target for the merged cluster
+and Rg1, Rg2 the *actual* values of the parts (so deviations do not accumulate). A random pair of primaries
+(i in A, j in B) that can touch at that distance is brought into contact, B randomly oriented about the
+contact (in CCA only contact directions that are locally free on both sides are kept). Candidates are drawn
+in batches and tested one at a time against all primaries; the first one free of overlaps is kept. If the
+parts are already too large for the target (no real Gamma), the most compact free candidate of a few batches
+is taken instead. If nothing free is found, Gamma is relaxed step by step towards the largest reachable
+distance, where the two outermost primaries placed in line are overlap-free by construction, so every call
+terminates with a valid, connected aggregate.
 
-Internally all lengths are dimensionless, in units of the geometric-mean radius of all N primaries.
+Implementation. Everything after input validation runs in one numba-compiled call (the sizes of interest,
+N ~ 1..60 and ~20 aggregates per image, are dominated by per-call overhead otherwise); 3-vectors are tuples,
+so the inner loops allocate nothing. Randomness comes only from the caller's ``numpy.random.Generator``,
+which the compiled code advances in place. Internally all lengths are dimensionless, in units of the
+geometric-mean radius of all N primaries.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
 from numbers import Real
+from typing import NamedTuple
 
+import numba
 import numpy as np
 
 __all__ = ["MAX_PRIMARIES", "build_aggregate", "radius_of_gyration_nm"]
 
 MAX_PRIMARIES = 4096
 _SPHERE_RG2_FACTOR = 0.6  # Rg^2 of a homogeneous sphere = 3/5 r^2
-_BATCH = 16  # candidate placements tested at once
+_BATCH = 16  # candidate placements per batch (CCA: locally exposed candidates per batch)
 _COMPACT_BATCHES = 4  # batches for the most compact free placement when the target Gamma does not exist
-_CANDIDATES = 256  # CCA contact candidates pre-screened at once (the survivors, at most _BATCH, get tested)
+_CANDIDATES = 256  # CCA contact candidates drawn per batch at most (the exposed ones, at most _BATCH, get tested)
 # Shrunk spheres count as interpenetrating if |x - p|^2 < (r_x + r_p)^2 - _ROUNDING_SLACK (|x|^2 + |p|^2): the
-# slack only absorbs float rounding of the expanded squared distance (exact contacts must pass).
+# slack only absorbs float rounding (exact contacts must pass).
 _ROUNDING_SLACK = 1e-13
 _FEASIBLE_RTOL = 1e-12  # relative slack when testing whether a pair can touch at a given Gamma
-_PAIR_BUDGET = 1 << 21  # max. primary pairs tested at once in CCA (bounds memory)
 _TINY = 1e-12  # lengths below this (units of a) count as zero
 _DEGENERATE = 1e-4  # relative size below which a vector's perpendicular part is too ill-conditioned to use
 _SUBCLUSTER_FRACTION = 0.1
 _MIN_SUBCLUSTER = 8
-# (fraction of the way from the target Gamma to the largest reachable Gamma, number of batches)
-_RELAX_SCHEDULE = ((0.0, 4), (0.01, 2), (0.03, 2), (0.07, 2), (0.15, 2), (0.3, 2), (0.5, 2), (0.75, 2))
+# (fraction of the way from the target Gamma to the largest reachable Gamma, number of batches). Candidates
+# are cheap (compiled, tested lazily), so the target and the first small relaxations get most of the budget:
+# dense targets (Df ~ 2.6) then rarely need the coarser steps that spoil the law.
+_RELAX_SCHEDULE = (
+    (0.0, 16),
+    (0.005, 8),
+    (0.01, 8),
+    (0.02, 4),
+    (0.03, 4),
+    (0.05, 4),
+    (0.07, 2),
+    (0.1, 2),
+    (0.15, 2),
+    (0.3, 2),
+    (0.5, 2),
+    (0.75, 2),
+)
 
-_LEVI_CIVITA = np.zeros((3, 3, 3))
-_LEVI_CIVITA[0, 1, 2] = _LEVI_CIVITA[1, 2, 0] = _LEVI_CIVITA[2, 0, 1] = 1.0
-_LEVI_CIVITA[0, 2, 1] = _LEVI_CIVITA[2, 1, 0] = _LEVI_CIVITA[1, 0, 2] = -1.0
+_jit = numba.njit(cache=True, error_model="numpy")
 
-_Cluster = tuple[np.ndarray, np.ndarray]  # (primary indices (n,), centres (n, 3) with centre of mass at 0)
+_Vec3 = tuple[float, float, float]  # compiled code: 3-vectors as tuples (no allocation)
+_Mat3 = tuple[_Vec3, _Vec3, _Vec3]  # rows
 
 
-@dataclass(frozen=True, slots=True)
-class _Primaries:
+class _SearchPlan(NamedTuple):
+    """How hard to search before relaxing Gamma further (see ``_RELAX_SCHEDULE``, ``_COMPACT_BATCHES``)."""
+
+    relax_fractions: np.ndarray  # (S,) float64
+    relax_batches: np.ndarray  # (S,) int64
+    compact_batches: int
+
+
+class _Primaries(NamedTuple):
     """Per-primary constants (lengths in units of the geometric-mean radius) and the target law."""
 
     radius: np.ndarray  # (N,)
@@ -71,6 +95,25 @@ class _Primaries:
     log_radius: np.ndarray  # (N,)
     df: float
     kf: float
+
+
+class _Side(NamedTuple):
+    """One centred cluster's primaries as seen by the sticking code."""
+
+    centres: np.ndarray  # (n, 3) relative to the cluster's centre of mass
+    dist: np.ndarray  # (n,) |centres|
+    shrunk: np.ndarray  # (n,) shrunk radii
+    extent: np.ndarray  # (n,) dist + shrunk
+
+
+def _search_plan(schedule: tuple[tuple[float, int], ...], compact_batches: int) -> _SearchPlan:
+    """The relaxation schedule as the arrays the compiled code takes."""
+    fractions = np.array([f for f, _ in schedule], dtype=np.float64)
+    batches = np.array([b for _, b in schedule], dtype=np.int64)
+    return _SearchPlan(fractions, batches, int(compact_batches))
+
+
+_SEARCH_PLAN = _search_plan(_RELAX_SCHEDULE, _COMPACT_BATCHES)
 
 
 # ----------------------------------------------------------------------------------------------- public API
@@ -104,22 +147,10 @@ def build_aggregate(
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
-    n = radii_nm.size
-    if n == 1:
+    if radii_nm.size == 1:
         return np.zeros((1, 3))
-    log_r_nm = np.log(radii_nm)
-    a_nm = float(np.exp(log_r_nm.mean()))
-    radius = radii_nm / a_nm
-    prim = _Primaries(radius, radius * (1.0 - ov), radius**3, log_r_nm - np.log(a_nm), df, kf)
-
-    clusters = _grow_clusters(rng.permutation(n), _subcluster_sizes(n), prim, rng)
-    while len(clusters) > 1:
-        clusters = _merge_level(clusters, prim, rng)
-
-    idx, coords = clusters[0]
-    centres = np.empty((n, 3))
-    centres[idx] = coords
-    return (centres - _centre_of_mass(centres, prim.mass)) * a_nm
+    a_nm = float(np.exp(np.log(radii_nm).mean()))
+    return _build_unit(radii_nm / a_nm, ov, df, kf, _SEARCH_PLAN, rng) * a_nm
 
 
 def radius_of_gyration_nm(centres_nm: np.ndarray, radii_nm: np.ndarray) -> float:
@@ -133,7 +164,7 @@ def radius_of_gyration_nm(centres_nm: np.ndarray, radii_nm: np.ndarray) -> float
     if centres_nm.shape != (radii_nm.size, 3):
         raise ValueError(f"centres_nm must have shape ({radii_nm.size}, 3), got {centres_nm.shape}")
     mass = (radii_nm / radii_nm.max()) ** 3
-    rel_nm = centres_nm - _centre_of_mass(centres_nm, mass)
+    rel_nm = centres_nm - mass @ centres_nm / mass.sum()
     second_nm2 = np.einsum("i,ij,ij->", mass, rel_nm, rel_nm) + _SPHERE_RG2_FACTOR * (mass @ radii_nm**2)
     return float(np.sqrt(second_nm2 / mass.sum()))
 
@@ -168,61 +199,134 @@ def _validated_number(name: str, value: float, low: float, high: float, *, low_o
     return x
 
 
-# ----------------------------------------------------------------------------------------------- geometry
-def _centre_of_mass(centres: np.ndarray, mass: np.ndarray) -> np.ndarray:
-    """(3,) mass-weighted centre of (n, 3) centres."""
-    return mass @ centres / mass.sum()
+# ----------------------------------------------------------------------------------------------- 3-vectors
+@_jit
+def _row(a: np.ndarray, i: int) -> _Vec3:
+    return (a[i, 0], a[i, 1], a[i, 2])
 
 
-def _norms(v: np.ndarray) -> np.ndarray:
-    """Row norms of a (K, 3) array."""
-    return np.sqrt(np.einsum("ij,ij->i", v, v))
+@_jit
+def _set_row(a: np.ndarray, i: int, v: _Vec3) -> None:
+    a[i, 0], a[i, 1], a[i, 2] = v
 
 
-def _cross_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cross product of two (K, 3) arrays (faster than np.cross for small K)."""
-    return np.einsum("ijk,nj,nk->ni", _LEVI_CIVITA, a, b)
+@_jit
+def _dot(u: _Vec3, v: _Vec3) -> float:
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
 
 
-def _random_unit(rng: np.random.Generator) -> np.ndarray:
-    """(3,) isotropic random unit vector."""
-    g = rng.standard_normal(3)
-    return g / np.sqrt(g @ g)
+@_jit
+def _add(u: _Vec3, v: _Vec3) -> _Vec3:
+    return (u[0] + v[0], u[1] + v[1], u[2] + v[2])
 
 
-def _random_perpendicular(gauss: np.ndarray, axis: np.ndarray, axis_norm2: np.ndarray) -> np.ndarray:
-    """(K, 3) unit vectors perpendicular to the rows of ``axis`` (squared norms ``axis_norm2``), uniformly
-    distributed around them when ``gauss`` is (K, 3) standard normal (Gram-Schmidt projection)."""
-    coef = np.einsum("ij,ij->i", gauss, axis) / np.maximum(axis_norm2, _TINY * _TINY)
-    w = gauss - coef[:, None] * axis
-    return w / _norms(w)[:, None]
+@_jit
+def _sub(u: _Vec3, v: _Vec3) -> _Vec3:
+    return (u[0] - v[0], u[1] - v[1], u[2] - v[2])
 
 
-def _cos_for_distance(dist2: np.ndarray | float, s: np.ndarray, d: np.ndarray) -> np.ndarray:
+@_jit
+def _scaled(c: float, u: _Vec3) -> _Vec3:
+    return (c * u[0], c * u[1], c * u[2])
+
+
+@_jit
+def _cross(u: _Vec3, v: _Vec3) -> _Vec3:
+    return (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])
+
+
+@_jit
+def _unit(u: _Vec3) -> _Vec3:
+    return _scaled(1.0 / math.sqrt(_dot(u, u)), u)
+
+
+@_jit
+def _combined(c0: float, v0: _Vec3, c1: float, v1: _Vec3, c2: float, v2: _Vec3) -> _Vec3:
+    """c0 v0 + c1 v1 + c2 v2."""
+    return _add(_add(_scaled(c0, v0), _scaled(c1, v1)), _scaled(c2, v2))
+
+
+@_jit
+def _rotated(rotation: _Mat3, v: _Vec3) -> _Vec3:
+    return (_dot(rotation[0], v), _dot(rotation[1], v), _dot(rotation[2], v))
+
+
+@_jit
+def _frame_rotation(src: _Mat3, dst: _Mat3) -> _Mat3:
+    """Rotation mapping the orthonormal frame ``src`` (three vectors) onto ``dst``: sum_k dst_k src_k^T."""
+    (a0, a1, a2), (b0, b1, b2) = src, dst
+    return (
+        _combined(b0[0], a0, b1[0], a1, b2[0], a2),
+        _combined(b0[1], a0, b1[1], a1, b2[1], a2),
+        _combined(b0[2], a0, b1[2], a1, b2[2], a2),
+    )
+
+
+@_jit
+def _random_unit(rng: np.random.Generator) -> _Vec3:
+    """Isotropic random unit vector."""
+    while True:
+        g = (rng.standard_normal(), rng.standard_normal(), rng.standard_normal())
+        g2 = _dot(g, g)
+        if g2 > _TINY:
+            return _scaled(1.0 / math.sqrt(g2), g)
+
+
+@_jit
+def _random_perpendicular(axis: _Vec3, rng: np.random.Generator) -> _Vec3:
+    """Unit vector perpendicular to ``axis``, uniformly distributed around it (Gram-Schmidt projection of a
+    Gaussian vector); isotropic if ``axis`` is ~0."""
+    axis2 = _dot(axis, axis)
+    if axis2 <= _TINY * _TINY:
+        return _random_unit(rng)
+    while True:
+        g = (rng.standard_normal(), rng.standard_normal(), rng.standard_normal())
+        w = _sub(g, _scaled(_dot(g, axis) / axis2, axis))
+        w2 = _dot(w, w)
+        if w2 > _DEGENERATE * _DEGENERATE * _dot(g, g):
+            return _scaled(1.0 / math.sqrt(w2), w)
+
+
+@_jit
+def _cos_for_distance(dist2: float, s: float, d: float) -> float:
     """cos of the angle, on a sphere of radius ``d`` centred at distance ``s`` from the origin, between the
     outward radial direction and the point at squared distance ``dist2`` from the origin (law of cosines),
-    clipped to [-1, 1]; 0 where s ~ 0 (there every point is at distance d)."""
-    cos_t = (dist2 - s * s - d * d) / (2.0 * np.maximum(s, _TINY) * d)
-    return np.where(s > _TINY, np.minimum(np.maximum(cos_t, -1.0), 1.0), 0.0)
+    clipped to [-1, 1]; 0 if s ~ 0 (there every point is at distance d)."""
+    if s <= _TINY:
+        return 0.0
+    return min(max((dist2 - s * s - d * d) / (2.0 * s * d), -1.0), 1.0)
 
 
-def _points_on_spheres(
-    centre: np.ndarray, centre_norm: np.ndarray, radius: np.ndarray, cos_t: np.ndarray, gauss: np.ndarray
-) -> np.ndarray:
-    """(K, 3) points ``centre + radius * u``, u at angle acos(cos_t) from the centre's direction (seen from
-    the origin) with uniformly random azimuth around it (``gauss``: (K, 3) standard normal)."""
-    along = 1.0 + radius * cos_t / np.maximum(centre_norm, _TINY)
-    across = radius * np.sqrt(1.0 - cos_t * cos_t)
-    perp = _random_perpendicular(gauss, centre, centre_norm * centre_norm)
-    return along[:, None] * centre + across[:, None] * perp
+@_jit
+def _point_on_sphere(centre: _Vec3, centre_norm: float, radius: float, cos_t: float, rng: np.random.Generator) -> _Vec3:
+    """``centre + radius * u``, u at angle acos(cos_t) from the centre's direction (seen from the origin) with
+    uniformly random azimuth around it."""
+    along = 1.0 + radius * cos_t / max(centre_norm, _TINY)
+    across = radius * math.sqrt(max(1.0 - cos_t * cos_t, 0.0))
+    return _add(_scaled(along, centre), _scaled(across, _random_perpendicular(centre, rng)))
+
+
+@_jit
+def _sphere_is_free(x: _Vec3, shrunk_x: float, side: _Side) -> bool:
+    """Whether the shrunk sphere at ``x`` (radius ``shrunk_x``) interpenetrates none of ``side``'s (exact
+    contacts pass)."""
+    x2 = _dot(x, x)
+    for k in range(side.dist.size):
+        v = _sub(x, _row(side.centres, k))
+        reach = shrunk_x + side.shrunk[k]
+        if _dot(v, v) - reach * reach + _ROUNDING_SLACK * (x2 + side.dist[k] * side.dist[k]) < 0.0:
+            return False
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- fractal law
+@_jit
 def _target_rg2(log_radius_sum: float, n: int, df: float, kf: float) -> float:
     """Rg^2 the fractal law asks of n primaries whose log-radii sum to ``log_radius_sum``."""
     return math.exp(2.0 * log_radius_sum / n) * (n / kf) ** (2.0 / df)
 
 
+@_jit
 def _gamma(m1: float, rg2_1: float, m2: float, rg2_2: float, rg2_target: float) -> float:
     """Centre-of-mass distance giving the merged cluster the target Rg^2 (parallel-axis theorem); NaN if no
     real distance exists (the parts are already too large)."""
@@ -231,385 +335,393 @@ def _gamma(m1: float, rg2_1: float, m2: float, rg2_2: float, rg2_target: float) 
     return math.sqrt(radicand) if radicand > 0.0 else math.nan
 
 
-def _gamma_schedule(target: float, lowest: float, highest: float) -> Iterator[tuple[float, int]]:
-    """(Gamma, batches) to try: the target clipped to [lowest, highest] (``lowest`` if NaN), then relaxed
-    step by step towards ``highest``."""
-    start = lowest if not math.isfinite(target) else min(max(target, lowest), highest)
-    for fraction, batches in _RELAX_SCHEDULE:
-        yield start + fraction * (highest - start), batches
+@_jit
+def _start_gamma(target: float, lowest: float, highest: float) -> float:
+    """First Gamma of the relaxation schedule: the target clipped to [lowest, highest] (``lowest`` if NaN)."""
+    return lowest if math.isnan(target) else min(max(target, lowest), highest)
 
 
-def _subcluster_sizes(n: int) -> list[int]:
+@_jit
+def _subcluster_sizes(n: int) -> np.ndarray:
     """Sizes of the PCA sub-clusters: summing to n, differing by at most 1, each >= 2 for n >= 2."""
     target = max(_MIN_SUBCLUSTER, int(_SUBCLUSTER_FRACTION * n))
-    count = -(-n // target)
-    base, extra = divmod(n, count)
-    return [base + 1] * extra + [base] * (count - extra)
+    count = (n + target - 1) // target
+    sizes = np.full(count, n // count, dtype=np.int64)
+    sizes[: n % count] += 1
+    return sizes
+
+
+@_jit
+def _recentre(pos: np.ndarray, ids: np.ndarray, mass: np.ndarray) -> None:
+    """Shift the rows ``ids`` of ``pos`` so that their mass-weighted centre is at the origin."""
+    total, moment = 0.0, (0.0, 0.0, 0.0)
+    for i in ids:
+        total += mass[i]
+        moment = _add(moment, _scaled(mass[i], _row(pos, i)))
+    centre = _scaled(1.0 / total, moment)
+    for i in ids:
+        _set_row(pos, i, _sub(_row(pos, i), centre))
+
+
+@_jit
+def _cluster_rg2(pos: np.ndarray, ids: np.ndarray, prim: _Primaries) -> float:
+    """Rg^2 of the cluster ``ids`` (rows of ``pos``), whose centre of mass is at the origin."""
+    total = second = 0.0
+    for i in ids:
+        x = _row(pos, i)
+        total += prim.mass[i]
+        second += prim.mass[i] * (_dot(x, x) + _SPHERE_RG2_FACTOR * prim.radius[i] ** 2)
+    return second / total
+
+
+# ----------------------------------------------------------------------------------------------- driver
+@_jit
+def _build_unit(
+    radius: np.ndarray, overlap: float, df: float, kf: float, plan: _SearchPlan, rng: np.random.Generator
+) -> np.ndarray:
+    """(N, 3) centres (N >= 2) in units of the geometric-mean radius, for radii ``radius`` in those units:
+    PCA sub-clusters, then CCA generations until one cluster remains; centre of mass at the origin."""
+    n = radius.size
+    prim = _Primaries(radius, radius * (1.0 - overlap), radius**3, np.log(radius), df, kf)
+    pos = np.zeros((n, 3))
+    order = rng.permutation(n)
+    clusters = []
+    start = 0
+    for size in _subcluster_sizes(n):
+        ids = order[start : start + size].copy()
+        _grow_cluster(ids, pos, prim, plan, rng)
+        clusters.append(ids)
+        start += size
+    while len(clusters) > 1:
+        clusters = _merge_level(clusters, pos, prim, plan, rng)
+    _recentre(pos, clusters[0], prim.mass)
+    return pos
 
 
 # ----------------------------------------------------------------------------------------------- PCA
-def _grow_clusters(order: np.ndarray, sizes: list[int], prim: _Primaries, rng: np.random.Generator) -> list[_Cluster]:
-    """Tunable particle-cluster aggregation of all sub-clusters at once: sub-cluster g takes the next
-    ``sizes[g]`` primaries of ``order`` in turn, and step k adds the k-th primary to every sub-cluster that has
-    one, testing one batch of candidate positions per sub-cluster in a single vectorised pass. Sub-clusters
-    whose batch fails fall back to :func:`_place_monomer` (more batches, then relaxation).
-    Returns (indices, centres with the centre of mass at 0) per sub-cluster."""
-    n_sub, n_max = len(sizes), max(sizes)
-    size = np.array(sizes)
-    idx = np.zeros((n_sub, n_max), dtype=np.intp)  # rows padded with their first index
-    for g, start in enumerate(np.cumsum([0, *sizes[:-1]])):
-        idx[g] = order[start]
-        idx[g, : sizes[g]] = order[start : start + sizes[g]]
-    radius, shrunk, mass, log_r = prim.radius[idx], prim.shrunk[idx], prim.mass[idx], prim.log_radius[idx]
-    pos = np.zeros((n_sub, n_max, 3))
-    if n_max > 1:
-        gauss = rng.standard_normal((n_sub, 3))
-        pos[:, 1] = (shrunk[:, 0] + shrunk[:, 1])[:, None] * gauss / _norms(gauss)[:, None]
-    m_tot = mass[:, 0] + mass[:, 1]  # stays consistent for one-primary rows: their pos[:, 1] is never used
-    first = mass[:, 1, None] * pos[:, 1]  # sum of m x
-    second = mass[:, 1] * np.einsum("ij,ij->i", pos[:, 1], pos[:, 1]) + _SPHERE_RG2_FACTOR * (
-        mass[:, 0] * radius[:, 0] ** 2 + mass[:, 1] * radius[:, 1] ** 2
-    )  # sum of m (|x|^2 + 3/5 r^2)
-    log_sum = log_r[:, 0] + log_r[:, 1]
-    for k in range(2, n_max):
-        act = np.flatnonzero(size > k)
-        cm = first[act] / m_tot[act, None]
-        m_k = mass[act, k]
-        log_sum[act] += log_r[act, k]
-        rg2_mono = _SPHERE_RG2_FACTOR * radius[act, k] ** 2
-        m3 = m_tot[act] + m_k
-        rg2_now = second[act] / m_tot[act] - np.einsum("ij,ij->i", cm, cm)
-        rg2_target = np.exp(2.0 * log_sum[act] / (k + 1)) * ((k + 1) / prim.kf) ** (2.0 / prim.df)
-        radicand = m3 * (m3 * rg2_target - m_tot[act] * rg2_now - m_k * rg2_mono) / (m_tot[act] * m_k)
-        gamma = np.sqrt(np.maximum(radicand, 0.0))
-        gamma[radicand <= 0.0] = np.nan
-
-        rel = pos[act, :k] - cm[:, None, :]
-        dist = np.sqrt(np.einsum("gkx,gkx->gk", rel, rel))
-        contact = shrunk[act, :k] + shrunk[act, k, None]
-        new = cm + _place_monomers_once(rel, dist, contact, gamma, rng)
-        for g in np.flatnonzero(np.isnan(new[:, 0])):
-            new[g] = cm[g] + _place_monomer(rel[g], dist[g], shrunk[act[g], :k], shrunk[act[g], k], gamma[g], rng)
-        pos[act, k] = new
-        m_tot[act] = m3
-        first[act] += m_k[:, None] * new
-        second[act] += m_k * (np.einsum("ij,ij->i", new, new) + rg2_mono)
-    cm = first / m_tot[:, None]
-    return [(idx[g, : sizes[g]], pos[g, : sizes[g]] - cm[g]) for g in range(n_sub)]
+@_jit
+def _grow_cluster(
+    ids: np.ndarray, pos: np.ndarray, prim: _Primaries, plan: _SearchPlan, rng: np.random.Generator
+) -> None:
+    """Tunable particle-cluster aggregation of the primaries ``ids``, added in this order; writes their
+    centres, relative to the sub-cluster's centre of mass, into the rows ``ids`` of ``pos``."""
+    n = ids.size
+    local, rel, dist, contact = np.empty((n, 3)), np.empty((n, 3)), np.empty(n), np.empty(n)
+    # running sums over the members placed so far: mass, sum m x, sum m (|x|^2 + 3/5 r^2), sum log r
+    m_tot, first, second, log_sum = 0.0, (0.0, 0.0, 0.0), 0.0, 0.0
+    for k in range(n):
+        new = ids[k]
+        m_new, rg2_new = prim.mass[new], _SPHERE_RG2_FACTOR * prim.radius[new] ** 2
+        log_sum += prim.log_radius[new]
+        if k == 0:
+            x = (0.0, 0.0, 0.0)
+        elif k == 1:
+            x = _scaled(prim.shrunk[ids[0]] + prim.shrunk[new], _random_unit(rng))
+        else:
+            cm = _scaled(1.0 / m_tot, first)
+            rg2_target = _target_rg2(log_sum, k + 1, prim.df, prim.kf)
+            gamma = _gamma(m_tot, second / m_tot - _dot(cm, cm), m_new, rg2_new, rg2_target)
+            for m in range(k):
+                v = _sub(_row(local, m), cm)
+                _set_row(rel, m, v)
+                dist[m] = math.sqrt(_dot(v, v))
+                contact[m] = prim.shrunk[ids[m]] + prim.shrunk[new]
+            x = _add(cm, _place_monomer(rel[:k], dist[:k], contact[:k], gamma, plan, rng))
+        _set_row(local, k, x)
+        m_tot += m_new
+        first = _add(first, _scaled(m_new, x))
+        second += m_new * (_dot(x, x) + rg2_new)
+    cm = _scaled(1.0 / m_tot, first)
+    for k in range(n):
+        _set_row(pos, ids[k], _sub(_row(local, k), cm))
 
 
-def _place_monomers_once(
-    rel: np.ndarray, dist: np.ndarray, contact: np.ndarray, gamma: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """One batch of tunable-PCA placements for G clusters at once: (G, 3) new centres relative to each
-    cluster's centre of mass, NaN rows where no candidate was free.
-
-    ``rel`` (G, k, 3) members relative to the centre of mass, ``dist`` (G, k) their norms, ``contact`` (G, k)
-    sticking distances to the new primary, ``gamma`` (G,) target distances (NaN: unreachable)."""
-    n_grp, n_mem = dist.shape
-    compact = np.isnan(gamma)  # target out of reach: take the most compact free candidate instead
-    g_lo, g_hi = np.abs(dist - contact), dist + contact
-    g = np.minimum(np.maximum(np.where(compact, 0.0, gamma), g_lo.min(axis=1)), g_hi.max(axis=1))
-    slack = _FEASIBLE_RTOL * g
-    feasible = (g_lo <= (g + slack)[:, None]) & (g[:, None] <= g_hi + slack[:, None]) | compact[:, None]
-    keys = np.where(feasible[:, None, :], rng.random((n_grp, _BATCH, n_mem)), -1.0)
-    member = keys.argmax(axis=2)  # (G, K), uniform over the feasible members
-    s = np.take_along_axis(dist, member, axis=1)
-    d = np.take_along_axis(contact, member, axis=1)
-    p = np.take_along_axis(rel, member[:, :, None], axis=1)
-    cos_t = _cos_for_distance((g * g)[:, None], s, d)
-    cos_t = np.where(compact[:, None], 2.0 * rng.random((n_grp, _BATCH)) - 1.0, cos_t)
-    gauss = rng.standard_normal((n_grp * _BATCH, 3))
-    y = _points_on_spheres(p.reshape(-1, 3), s.ravel(), d.ravel(), cos_t.ravel(), gauss).reshape(n_grp, _BATCH, 3)
-    y2 = np.einsum("gkx,gkx->gk", y, y)
-    member_term = (1.0 + _ROUNDING_SLACK) * dist * dist - contact * contact
-    excess = (
-        ((1.0 + _ROUNDING_SLACK) * y2)[:, :, None]
-        + member_term[:, None, :]
-        - 2.0 * np.matmul(y, rel.transpose(0, 2, 1))
-    )
-    clear = (excess >= 0.0).all(axis=2) & feasible.any(axis=1)[:, None]
-    # first free candidate, or the one closest to the centre of mass in compact mode
-    score = np.where(clear, np.where(compact[:, None], y2, np.arange(_BATCH, dtype=float)), np.inf)
-    out = y[np.arange(n_grp), score.argmin(axis=1)]
-    out[~clear.any(axis=1)] = np.nan
-    return out
-
-
+@_jit
 def _place_monomer(
-    rel: np.ndarray,
-    dist: np.ndarray,
-    shrunk: np.ndarray,
-    shrunk_new: float,
-    gamma: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """(3,) centre, relative to the cluster's centre of mass, for a new primary (shrunk radius ``shrunk_new``)
-    touching one member (centres ``rel``, distances ``dist`` from the centre of mass, shrunk radii ``shrunk``)
-    and overlapping none, at distance ``gamma`` from the centre of mass if possible (else relaxed; if ``gamma``
-    is NaN, i.e. the target is out of reach, as close to the centre of mass as random free contacts allow)."""
-    contact = shrunk + shrunk_new
-    g_lo = np.abs(dist - contact)
-    g_hi = dist + contact
-    member_term = (1.0 + _ROUNDING_SLACK) * dist * dist - contact * contact
-    compact = [(math.nan, _COMPACT_BATCHES)] if math.isnan(gamma) else []
-    for g, batches in [*compact, *_gamma_schedule(gamma, float(g_lo.min()), float(g_hi.max()))]:
-        slack = _FEASIBLE_RTOL * g
-        feasible = np.flatnonzero((g_lo <= g + slack) & (g <= g_hi + slack) | math.isnan(g))
-        if feasible.size == 0:
-            continue
-        cos_t = _cos_for_distance(g * g, dist[feasible], contact[feasible])
-        for _ in range(batches):
-            pick = rng.integers(feasible.size, size=_BATCH)
-            member = feasible[pick]
-            cos_pick = 2.0 * rng.random(_BATCH) - 1.0 if math.isnan(g) else cos_t[pick]
-            y = _points_on_spheres(
-                rel[member], dist[member], contact[member], cos_pick, rng.standard_normal((_BATCH, 3))
-            )
-            # |y - p|^2 - contact^2 (+ rounding slack) for every candidate y and member p
-            y2 = np.einsum("ij,ij->i", y, y)
-            excess = ((1.0 + _ROUNDING_SLACK) * y2)[:, None] + member_term - 2.0 * (y @ rel.T)
-            clear = (excess >= 0.0).all(axis=1)
-            if clear.any():  # first free candidate, or the most compact one if the target is out of reach
-                return y[np.where(clear, y2, np.inf).argmin()] if math.isnan(g) else y[clear.argmax()]
+    rel: np.ndarray, dist: np.ndarray, contact: np.ndarray, gamma: float, plan: _SearchPlan, rng: np.random.Generator
+) -> _Vec3:
+    """Centre, relative to the cluster's centre of mass, for a new primary touching one member (centres
+    ``rel``, distances ``dist`` from the centre of mass, sticking distances ``contact``) and overlapping none,
+    at distance ``gamma`` from the centre of mass if possible (else relaxed; if ``gamma`` is NaN, i.e. the
+    target is out of reach, first as close to the centre of mass as random free contacts allow)."""
+    lowest, highest = np.abs(dist - contact).min(), (dist + contact).max()
+    if math.isnan(gamma):
+        found, y = _try_monomer(rel, dist, contact, math.nan, plan.compact_batches, rng)
+        if found:
+            return y
+    start = _start_gamma(gamma, lowest, highest)
+    for level in range(plan.relax_fractions.size):
+        g = start + plan.relax_fractions[level] * (highest - start)
+        found, y = _try_monomer(rel, dist, contact, g, plan.relax_batches[level], rng)
+        if found:
+            return y
     # Outermost member, radially outwards: overlap-free since every member lies within max(dist + shrunk).
-    i = int(g_hi.argmax())
-    direction = rel[i] / dist[i] if dist[i] > _TINY else _random_unit(rng)
-    return rel[i] + contact[i] * direction
+    i = np.argmax(dist + contact)
+    direction = _scaled(1.0 / dist[i], _row(rel, i)) if dist[i] > _TINY else _random_unit(rng)
+    return _add(_row(rel, i), _scaled(contact[i], direction))
+
+
+@_jit
+def _try_monomer(
+    rel: np.ndarray, dist: np.ndarray, contact: np.ndarray, g: float, batches: int, rng: np.random.Generator
+) -> tuple[bool, _Vec3]:
+    """Up to ``batches`` batches of random contacts with members that can touch at distance ``g`` from the
+    centre of mass -> (found, centre): the first free one, or (``g`` NaN: any member, any direction) the
+    most compact free one of the first batch that has one."""
+    compact = math.isnan(g)
+    best, best_y2 = (0.0, 0.0, 0.0), math.inf
+    if batches <= 0:
+        return False, best
+    slack = _FEASIBLE_RTOL * g
+    feasible = np.empty(dist.size, dtype=np.int64)
+    n_feasible = 0
+    for m in range(dist.size):
+        if compact or (abs(dist[m] - contact[m]) <= g + slack and g <= dist[m] + contact[m] + slack):
+            feasible[n_feasible] = m
+            n_feasible += 1
+    if n_feasible == 0:
+        return False, best
+    members = _Side(rel, dist, contact, dist + contact)  # shrunk := sticking distance, new primary radius 0
+    for _ in range(batches):
+        for _ in range(_BATCH):
+            m = feasible[rng.integers(0, n_feasible)]
+            cos_t = 2.0 * rng.random() - 1.0 if compact else _cos_for_distance(g * g, dist[m], contact[m])
+            y = _point_on_sphere(_row(rel, m), dist[m], contact[m], cos_t, rng)
+            if not _sphere_is_free(y, 0.0, members):
+                continue
+            if not compact:
+                return True, y
+            if _dot(y, y) < best_y2:
+                best, best_y2 = y, _dot(y, y)
+        if best_y2 < math.inf:
+            return True, best
+    return False, best
 
 
 # ----------------------------------------------------------------------------------------------- CCA
-def _merge_level(clusters: list[_Cluster], prim: _Primaries, rng: np.random.Generator) -> list[_Cluster]:
+@_jit
+def _merge_level(
+    clusters: list[np.ndarray], pos: np.ndarray, prim: _Primaries, plan: _SearchPlan, rng: np.random.Generator
+) -> list[np.ndarray]:
     """One CCA generation: clusters ranked by size (random tie-break) merge pairwise; an odd one waits."""
     shuffled = rng.permutation(len(clusters))
-    sizes = np.array([clusters[i][0].size for i in shuffled])
-    ranked = [clusters[i] for i in shuffled[np.argsort(-sizes, kind="stable")]]
-    merged = [_merge_pair(a, b, prim, rng) for a, b in zip(ranked[0::2], ranked[1::2], strict=False)]
-    if len(ranked) % 2:
-        merged.append(ranked[-1])
+    minus_size = np.empty(shuffled.size, dtype=np.int64)
+    for c in range(shuffled.size):
+        minus_size[c] = -clusters[shuffled[c]].size
+    ranked = shuffled[np.argsort(minus_size, kind="mergesort")]
+    merged = []
+    for p in range(ranked.size // 2):
+        merged.append(_merge_pair(clusters[ranked[2 * p]], clusters[ranked[2 * p + 1]], pos, prim, plan, rng))
+    if ranked.size % 2:
+        merged.append(clusters[ranked[-1]])
     return merged
 
 
-def _cluster_rg2(coords: np.ndarray, radius: np.ndarray, mass: np.ndarray) -> float:
-    """Rg^2 of a cluster whose centre of mass is at the origin."""
-    second = np.einsum("i,ij,ij->", mass, coords, coords) + _SPHERE_RG2_FACTOR * (mass @ radius**2)
-    return float(second / mass.sum())
+@_jit
+def _side(pos: np.ndarray, ids: np.ndarray, shrunk: np.ndarray) -> _Side:
+    """The cluster ``ids`` (rows of ``pos``, centred) as a :class:`_Side`."""
+    centres = np.empty((ids.size, 3))
+    dist = np.empty(ids.size)
+    for k in range(ids.size):
+        x = _row(pos, ids[k])
+        _set_row(centres, k, x)
+        dist[k] = math.sqrt(_dot(x, x))
+    radii = shrunk[ids]
+    return _Side(centres, dist, radii, dist + radii)
 
 
-def _merge_pair(a: _Cluster, b: _Cluster, prim: _Primaries, rng: np.random.Generator) -> _Cluster:
-    """Tunable cluster-cluster aggregation of two clusters; B (the smaller one) is moved."""
-    (idx_a, pa), (idx_b, pb) = a, b
-    m_a, m_b = prim.mass[idx_a], prim.mass[idx_b]
-    idx = np.concatenate((idx_a, idx_b))
+@_jit
+def _merge_pair(
+    ids_a: np.ndarray, ids_b: np.ndarray, pos: np.ndarray, prim: _Primaries, plan: _SearchPlan, rng: np.random.Generator
+) -> np.ndarray:
+    """Tunable cluster-cluster aggregation of two centred clusters (B, the smaller one, is moved) -> the
+    merged cluster's indices; its rows of ``pos`` are updated and centred."""
+    ids = np.concatenate((ids_a, ids_b))
     gamma = _gamma(
-        float(m_a.sum()),
-        _cluster_rg2(pa, prim.radius[idx_a], m_a),
-        float(m_b.sum()),
-        _cluster_rg2(pb, prim.radius[idx_b], m_b),
-        _target_rg2(float(prim.log_radius[idx].sum()), idx.size, prim.df, prim.kf),
+        prim.mass[ids_a].sum(),
+        _cluster_rg2(pos, ids_a, prim),
+        prim.mass[ids_b].sum(),
+        _cluster_rg2(pos, ids_b, prim),
+        _target_rg2(prim.log_radius[ids].sum(), ids.size, prim.df, prim.kf),
     )
-    rotation, shift = _stick_clusters(pa, prim.shrunk[idx_a], pb, prim.shrunk[idx_b], gamma, rng)
-    coords = np.concatenate((pa, pb @ rotation.T + shift))
-    return idx, coords - _centre_of_mass(coords, prim.mass[idx])
+    rotation, shift = _stick_clusters(_side(pos, ids_a, prim.shrunk), _side(pos, ids_b, prim.shrunk), gamma, plan, rng)
+    for i in ids_b:
+        _set_row(pos, i, _add(_rotated(rotation, _row(pos, i)), shift))
+    _recentre(pos, ids, prim.mass)
+    return ids
 
 
+@_jit
 def _stick_clusters(
-    pa: np.ndarray,
-    shrunk_a: np.ndarray,
-    pb: np.ndarray,
-    shrunk_b: np.ndarray,
-    gamma: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rotation (3, 3) and shift (3,) placing centred cluster B in contact with centred cluster A without
-    overlap, B's centre of mass at distance ``gamma`` from A's if possible (else relaxed; if ``gamma`` is NaN,
-    i.e. the target is out of reach, first as close as random free contacts allow)."""
-    s, t = _norms(pa), _norms(pb)
-    extent_a, extent_b = s + shrunk_a, t + shrunk_b
-    max_a, max_b = float(extent_a.max()), float(extent_b.max())
-    compact = [(math.nan, _COMPACT_BATCHES)] if math.isnan(gamma) else []
-    for g, batches in [*compact, *_gamma_schedule(gamma, 0.0, max_a + max_b)]:
-        # Only primaries that can come within reach of the other cluster can touch or overlap it.
-        a_near = np.flatnonzero((extent_a + max_b >= g * (1.0 - _FEASIBLE_RTOL)) | math.isnan(g))
-        b_near = np.flatnonzero((extent_b + max_a >= g * (1.0 - _FEASIBLE_RTOL)) | math.isnan(g))
-        pairs = None if math.isnan(g) else _feasible_pairs(s[a_near], t[b_near], shrunk_a[a_near], shrunk_b[b_near], g)
-        if pairs is not None and pairs[0].size == 0:
-            continue
-        side_a = (pa[a_near], s[a_near], shrunk_a[a_near], _augmented(pa[a_near], shrunk_a[a_near], a_side=True))
-        side_b = (pb[b_near], t[b_near], shrunk_b[b_near], _augmented(pb[b_near], shrunk_b[b_near], a_side=True))
-        reach2 = (max_a + shrunk_b[b_near]) ** 2
-        for _ in range(batches):
-            if pairs is None:  # any pair, any contact direction and spin; keep the most compact free one
-                i, j, band = (
-                    rng.integers(a_near.size, size=_CANDIDATES),
-                    rng.integers(b_near.size, size=_CANDIDATES),
-                    None,
-                )
+    a: _Side, b: _Side, gamma: float, plan: _SearchPlan, rng: np.random.Generator
+) -> tuple[_Mat3, _Vec3]:
+    """Rotation and shift placing centred cluster B in contact with centred cluster A without overlap, B's
+    centre of mass at distance ``gamma`` from A's if possible (else relaxed; if ``gamma`` is NaN, i.e. the
+    target is out of reach, first as close as random free contacts allow)."""
+    highest = a.extent.max() + b.extent.max()
+    if math.isnan(gamma):
+        found, rotation, shift = _try_stick(a, b, math.nan, plan.compact_batches, rng)
+        if found:
+            return rotation, shift
+    start = _start_gamma(gamma, 0.0, highest)
+    for level in range(plan.relax_fractions.size):
+        g = start + plan.relax_fractions[level] * (highest - start)
+        found, rotation, shift = _try_stick(a, b, g, plan.relax_batches[level], rng)
+        if found:
+            return rotation, shift
+    i, j = np.argmax(a.extent), np.argmax(b.extent)
+    return _outermost_placement(
+        _row(a.centres, i), a.dist[i], _row(b.centres, j), b.dist[j], a.shrunk[i] + b.shrunk[j], rng
+    )
+
+
+@_jit
+def _near(side: _Side, other_extent: float, g: float) -> _Side:
+    """The primaries of ``side`` that can come within reach of the other cluster (largest extent
+    ``other_extent``) when the centres of mass are ``g`` apart (all if ``g`` is NaN)."""
+    if math.isnan(g):
+        return side
+    keep = np.flatnonzero(side.extent + other_extent >= g * (1.0 - _FEASIBLE_RTOL))
+    return _Side(side.centres[keep], side.dist[keep], side.shrunk[keep], side.extent[keep])
+
+
+@_jit
+def _contact_band(s: float, t: float, d: float, g: float) -> tuple[float, float]:
+    """(lowest, highest) |y| for B's primary j (|q| = t) touching A's primary i (|p| = s) at centre distance
+    ``d`` with the centres of mass ``g`` apart: y lies on the contact sphere around p (|s - d| .. s + d) and
+    at t from B's centre of mass (|g - t| .. g + t). Empty if lowest > highest."""
+    return max(abs(g - t), abs(s - d)), min(g + t, s + d)
+
+
+@_jit
+def _feasible_pairs(a: _Side, b: _Side, g: float) -> np.ndarray:
+    """Flat indices ``i * b_size + j`` of the pairs (i in A, j in B) that can touch at distance ``g``."""
+    out = np.empty(a.dist.size * b.dist.size, dtype=np.int64)
+    count = 0
+    for i in range(a.dist.size):
+        for j in range(b.dist.size):
+            lo, hi = _contact_band(a.dist[i], b.dist[j], a.shrunk[i] + b.shrunk[j], g)
+            if lo <= hi * (1.0 + _FEASIBLE_RTOL):
+                out[count] = i * b.dist.size + j
+                count += 1
+    return out[:count]
+
+
+_IDENTITY: _Mat3 = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+@_jit
+def _try_stick(a: _Side, b: _Side, g: float, batches: int, rng: np.random.Generator) -> tuple[bool, _Mat3, _Vec3]:
+    """Up to ``batches`` batches of random exposed contacts putting B's centre of mass at distance ``g`` from
+    A's -> (found, rotation, shift): the first free placement, or (``g`` NaN: any pair, any direction and
+    spin) the most compact free one of the first batch that has one. A batch draws up to _CANDIDATES contact
+    pairs and tests the first _BATCH exposed ones (see :func:`_exposed_placement`)."""
+    best_rotation, best_shift, best_norm2 = _IDENTITY, (0.0, 0.0, 0.0), math.inf
+    if batches <= 0:
+        return False, best_rotation, best_shift
+    compact = math.isnan(g)
+    max_a = a.extent.max()
+    a, b = _near(a, b.extent.max(), g), _near(b, max_a, g)
+    pairs = np.empty(0, dtype=np.int64) if compact else _feasible_pairs(a, b, g)
+    if not compact and pairs.size == 0:
+        return False, best_rotation, best_shift
+    # B primaries at squared distance >= reach2 from A's centre of mass cannot touch A
+    reach2 = (max_a + b.shrunk) ** 2
+    lo = hi = math.nan
+    for _ in range(batches):
+        exposed = 0
+        for _ in range(_CANDIDATES):
+            if compact:
+                i, j = rng.integers(0, a.dist.size), rng.integers(0, b.dist.size)
             else:
-                ii, jj, lo, hi = pairs
-                pick = rng.integers(ii.size, size=_CANDIDATES)
-                i, j, band = ii[pick], jj[pick], (lo[pick], hi[pick])
-            rotation, shift = _sample_exposed_placements(
-                tuple(x[i] for x in side_a[:3]) + (side_a[3],),
-                tuple(x[j] for x in side_b[:3]) + (side_b[3],),
-                band,
-                None if pairs is None else g,
-                rng,
-            )
-            if shift.shape[0] == 0:
+                i, j = divmod(pairs[rng.integers(0, pairs.size)], b.dist.size)
+                lo, hi = _contact_band(a.dist[i], b.dist[j], a.shrunk[i] + b.shrunk[j], g)
+            ok, rotation, shift = _exposed_placement(a, i, b, j, lo, hi, g, rng)
+            if not ok:
                 continue
-            xb = np.einsum("kab,lb->kla", rotation, side_b[0]) + shift[:, None, :]
-            clear = _clear_trials(xb, side_b[2], side_a[3], reach2, first_only=pairs is not None)
-            if clear.any():
-                k = int(clear.argmax()) if pairs is not None else int(np.where(clear, _norms(shift), np.inf).argmin())
-                return rotation[k], shift[k]
-    i, j = int(extent_a.argmax()), int(extent_b.argmax())
-    return _outermost_placement(pa[i], s[i], pb[j], t[j], float(shrunk_a[i] + shrunk_b[j]), rng)
+            exposed += 1
+            if _placement_is_free(rotation, shift, a, b, reach2):
+                if not compact:
+                    return True, rotation, shift
+                if _dot(shift, shift) < best_norm2:
+                    best_rotation, best_shift, best_norm2 = rotation, shift, _dot(shift, shift)
+            if exposed == _BATCH:
+                break
+        if best_norm2 < math.inf:
+            return True, best_rotation, best_shift
+    return False, best_rotation, best_shift
 
 
-def _feasible_pairs(
-    s: np.ndarray, t: np.ndarray, shrunk_a: np.ndarray, shrunk_b: np.ndarray, gamma: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i in A, j in B; centre distances s, t from their centres of mass) that can touch with the
-    centres of mass ``gamma`` apart -> (i, j, lowest |y|, highest |y|), y being j's centre: it must lie on the
-    contact sphere around i (|s - d| .. s + d) and at t from B's centre of mass (|gamma - t| .. gamma + t)."""
-    contact = shrunk_a[:, None] + shrunk_b[None, :]
-    lo = np.maximum(np.abs(gamma - t)[None, :], np.abs(s[:, None] - contact))
-    hi = np.minimum((gamma + t)[None, :], s[:, None] + contact)
-    ii, jj = np.nonzero(lo <= hi * (1.0 + _FEASIBLE_RTOL))
-    return ii, jj, lo[ii, jj], hi[ii, jj]
+@_jit
+def _placement_is_free(rotation: _Mat3, shift: _Vec3, a: _Side, b: _Side, reach2: np.ndarray) -> bool:
+    """Whether B moved by ``rotation``, ``shift`` overlaps none of A's primaries; B primaries at squared
+    distance >= ``reach2`` (per primary) from A's centre of mass are skipped."""
+    for j in range(b.dist.size):
+        x = _add(_rotated(rotation, _row(b.centres, j)), shift)
+        if _dot(x, x) < reach2[j] and not _sphere_is_free(x, b.shrunk[j], a):
+            return False
+    return True
 
 
+@_jit
+def _exposed_placement(
+    a: _Side, i: int, b: _Side, j: int, lo: float, hi: float, gamma: float, rng: np.random.Generator
+) -> tuple[bool, _Mat3, _Vec3]:
+    """A random rigid placement (ok, rotation, shift) of centred cluster B that brings B's primary j (centre
+    q, |q| = t) into contact with A's primary i (centre p, |p| = s) with B's centre of mass at distance
+    ``gamma`` from A's; ok is False if the draw is unusable or the contact is not locally exposed.
+
+    j goes to y = p + d u on the contact sphere around p (|y| area-uniform in the band ``lo`` .. ``hi``) and
+    A's i sits at z = q + d w in B's frame (w uniform); draws whose y touches A's or z touches B's other
+    primaries are dropped. The rotation maps w onto -u; its spin about u is the one putting B's centre of mass
+    c = y - R q at |c| = gamma (cosine rule, random sign); draws with no such spin are dropped.
+    With ``gamma`` NaN, u is uniform and the spin random (no constraint on |c|).
+    """
+    p, s, q, t = _row(a.centres, i), a.dist[i], _row(b.centres, j), b.dist[j]
+    d = a.shrunk[i] + b.shrunk[j]
+    compact = math.isnan(gamma)
+    if compact:
+        cos_t = 2.0 * rng.random() - 1.0
+    else:
+        hi = max(hi, lo)
+        cos_t = _cos_for_distance(lo * lo + rng.random() * (hi * hi - lo * lo), s, d)
+    y = _point_on_sphere(p, s, d, cos_t, rng)
+    u = _scaled(1.0 / d, _sub(y, p))
+    w = _random_unit(rng)
+    alpha = _dot(q, w)  # q = alpha w + beta e_q
+    beta = math.sqrt(max(t * t - alpha * alpha, 0.0))
+    g = _add(y, _scaled(alpha, u))  # c = g - beta e_t with e_t a unit vector perpendicular to u
+    g_u, g2 = _dot(g, u), _dot(g, g)
+    g_perp = math.sqrt(max(g2 - g_u * g_u, 0.0))
+    if compact:
+        cos_psi = math.cos(2.0 * math.pi * rng.random())
+    else:
+        cos_psi = (g2 + beta * beta - gamma * gamma) / max(2.0 * beta * g_perp, _TINY)
+    # (near-)degenerate frames are skipped so that the rotation below stays orthonormal to rounding
+    usable = beta > _DEGENERATE * t and g_perp > _DEGENERATE * math.sqrt(g2) and abs(cos_psi) <= 1.0
+    if not (usable and _sphere_is_free(y, b.shrunk[j], a) and _sphere_is_free(_add(q, _scaled(d, w)), a.shrunk[i], b)):
+        return False, _IDENTITY, (0.0, 0.0, 0.0)
+    sin_psi = math.sqrt(max(1.0 - cos_psi * cos_psi, 0.0)) * (-1.0 if rng.random() < 0.5 else 1.0)
+    f1 = _unit(_sub(g, _scaled(g_u, u)))
+    e_t = _add(_scaled(cos_psi, f1), _scaled(sin_psi, _cross(u, f1)))
+    e_q = _unit(_sub(q, _scaled(alpha, w)))
+    minus_u = _scaled(-1.0, u)
+    # R maps the right-handed orthonormal frame (w, e_q, w x e_q) onto (-u, e_t, -u x e_t).
+    rotation = _frame_rotation((w, e_q, _cross(w, e_q)), (minus_u, e_t, _cross(minus_u, e_t)))
+    return True, rotation, _sub(g, _scaled(beta, e_t))
+
+
+@_jit
 def _outermost_placement(
-    p: np.ndarray, s: float, q: np.ndarray, t: float, d: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+    p: _Vec3, s: float, q: _Vec3, t: float, d: float, rng: np.random.Generator
+) -> tuple[_Mat3, _Vec3]:
     """Rotation and shift putting B's outermost primary (centre q, |q| = t) against A's outermost one (p,
     |p| = s) on the line through both centres of mass, random spin about it. A's shrunk spheres all lie in
     the ball |x| <= s + r_i, B's in the ball of radius t + r_j around its centre at distance s + d + t; the
     balls only touch, so this placement never overlaps."""
-    e = p / s if s > _TINY else _random_unit(rng)
-    q_unit = q / t if t > _TINY else _random_unit(rng)
-    rotation = _rotation_onto(q_unit[None, :], -e[None, :], rng.standard_normal((2, 1, 3)))[0]
-    return rotation, (s + d + t) * e
-
-
-def _rotation_onto(a: np.ndarray, b: np.ndarray, gauss: np.ndarray) -> np.ndarray:
-    """(K, 3, 3) rotations mapping unit rows ``a`` onto unit rows ``b`` (K, 3), with a random spin about b
-    (``gauss``: (2, K, 3) standard normal)."""
-    ones = np.ones(a.shape[0])
-    a1, b1 = _random_perpendicular(gauss[0], a, ones), _random_perpendicular(gauss[1], b, ones)
-    # maps the right-handed orthonormal frame (a, a1, a x a1) onto (b, b1, b x b1)
-    return (
-        b[:, :, None] * a[:, None, :]
-        + b1[:, :, None] * a1[:, None, :]
-        + _cross_rows(b, b1)[:, :, None] * _cross_rows(a, a1)[:, None, :]
-    )
-
-
-def _sample_exposed_placements(
-    side_a: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    side_b: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-    band: tuple[np.ndarray, np.ndarray] | None,
-    gamma: float | None,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Up to _BATCH random rigid placements (rotations (K, 3, 3), shifts (K, 3)) of centred cluster B that
-    bring B's primary j (centre q, |q| = t) into contact with A's primary i (centre p, |p| = s) with B's
-    centre of mass at distance ``gamma`` from A's, pre-screened so that each contact is locally exposed.
-
-    ``side_a`` = (p, s, shrunk radius of i, :func:`_augmented` rows of A), ``side_b`` likewise for j and B,
-    ``band`` = feasible range of |y|, y being j's new centre; all per candidate pair (M rows).
-    j goes to y = p + d u on the contact sphere around p (|y| area-uniform in the band) and A's i sits at
-    z = q + d w in B's frame (w uniform); candidates whose y touches A's or z touches B's other primaries are
-    dropped. The rotation maps w onto -u; its spin about u is the one putting B's centre of mass
-    c = y - R q at |c| = gamma (cosine rule, random sign); candidates with no such spin are dropped.
-    With ``band`` and ``gamma`` None, u is uniform and the spin random (no constraint on |c|).
-    """
-    p, s, shrunk_i, a_aug = side_a
-    q, t, shrunk_j, b_aug = side_b
-    m = p.shape[0]
-    d = shrunk_i + shrunk_j
-    gauss = rng.standard_normal((2, m, 3))
-    uniform = rng.random((2, m))
-    if band is None:
-        cos_t = 2.0 * uniform[0] - 1.0
-    else:
-        lo, hi = band
-        hi = np.maximum(hi, lo)
-        cos_t = _cos_for_distance(lo * lo + uniform[0] * (hi * hi - lo * lo), s, d)
-    y = _points_on_spheres(p, s, d, cos_t, gauss[0])
-    u = (y - p) / d[:, None]
-    w = gauss[1] / _norms(gauss[1])[:, None]
-    alpha = np.einsum("ij,ij->i", q, w)  # q = alpha w + beta e_q
-    beta = np.sqrt(np.maximum(t * t - alpha * alpha, 0.0))
-    g = y + alpha[:, None] * u  # c = g - beta e_t with e_t a unit vector perpendicular to u
-    g_u = np.einsum("ij,ij->i", g, u)
-    g2 = np.einsum("ij,ij->i", g, g)
-    g_perp = np.sqrt(np.maximum(g2 - g_u * g_u, 0.0))
-    if gamma is None:
-        cos_psi = np.cos(2.0 * np.pi * uniform[1])
-    else:
-        cos_psi = (g2 + beta * beta - gamma * gamma) / np.maximum(2.0 * beta * g_perp, _TINY)
-    # (near-)degenerate frames are skipped so that the rotations below stay orthonormal to rounding
-    ok = (beta > _DEGENERATE * t) & (g_perp > _DEGENERATE * np.sqrt(g2)) & (np.abs(cos_psi) <= 1.0)
-    ok &= (_augmented(y, shrunk_j, a_side=False) @ a_aug.T).min(axis=1) >= 0.0
-    ok &= (_augmented(q + d[:, None] * w, shrunk_i, a_side=False) @ b_aug.T).min(axis=1) >= 0.0
-    sel = np.flatnonzero(ok)[:_BATCH]
-
-    u, w, q, alpha, beta, g, cos_psi = (x[sel] for x in (u, w, q, alpha, beta, g, cos_psi))
-    sin_psi = np.sqrt(1.0 - cos_psi * cos_psi) * np.where(rng.random(sel.size) < 0.5, -1.0, 1.0)
-    f1 = g - np.einsum("ij,ij->i", g, u)[:, None] * u
-    f1 /= _norms(f1)[:, None]
-    e_t = cos_psi[:, None] * f1 + sin_psi[:, None] * _cross_rows(u, f1)
-    e_q = q - alpha[:, None] * w
-    e_q /= _norms(e_q)[:, None]
-    # R maps the right-handed orthonormal frame (w, e_q, w x e_q) onto (-u, e_t, -u x e_t).
-    rotation = (
-        -u[:, :, None] * w[:, None, :]
-        + e_t[:, :, None] * e_q[:, None, :]
-        + _cross_rows(-u, e_t)[:, :, None] * _cross_rows(w, e_q)[:, None, :]
-    )
-    shift = g - beta[:, None] * e_t
-    return rotation, shift
-
-
-def _augmented(centres: np.ndarray, shrunk: np.ndarray, *, a_side: bool) -> np.ndarray:
-    """(n, 6) rows such that ``x_row @ p_row`` (one row of each side) equals
-    |x - p|^2 - (r_x + r_p)^2 + _ROUNDING_SLACK (|x|^2 + |p|^2): negative iff the shrunk spheres overlap."""
-    out = np.empty((shrunk.size, 6))
-    norm2 = (1.0 + _ROUNDING_SLACK) * np.einsum("ij,ij->i", centres, centres) - shrunk * shrunk
-    if a_side:
-        np.multiply(centres, -2.0, out=out[:, :3])
-        np.multiply(shrunk, -2.0, out=out[:, 3])
-        out[:, 4] = 1.0
-        out[:, 5] = norm2
-    else:
-        out[:, :3] = centres
-        out[:, 3] = shrunk
-        out[:, 4] = norm2
-        out[:, 5] = 1.0
-    return out
-
-
-def _clear_trials(
-    xb: np.ndarray, shrunk_b: np.ndarray, a_aug: np.ndarray, reach2: np.ndarray, *, first_only: bool
-) -> np.ndarray:
-    """(K,) bool: which trials' B centres ``xb`` (K, nB, 3) (shrunk radii ``shrunk_b``) overlap none of A's
-    primaries (``a_aug``: :func:`_augmented` rows). B primaries whose squared distance from the origin is
-    >= ``reach2`` (nB,) cannot reach A and are skipped. Trials are tested in chunks of bounded memory; with
-    ``first_only`` testing stops after the first chunk that has a clear trial (later ones stay False)."""
-    n_trials, n_b = xb.shape[:2]
-    chunk = max(1, min(n_trials, _PAIR_BUDGET // max(1, n_b * a_aug.shape[0])))
-    r2 = np.einsum("klc,klc->kl", xb, xb)
-    clear = np.zeros(n_trials, dtype=bool)
-    for start in range(0, n_trials, chunk):
-        stop = min(start + chunk, n_trials)
-        kk, ll = np.nonzero(r2[start:stop] < reach2[None, :])
-        bad = np.zeros(stop - start, dtype=bool)
-        if kk.size:
-            excess = _augmented(xb[kk + start, ll], shrunk_b[ll], a_side=False) @ a_aug.T
-            bad[kk[excess.min(axis=1) < 0.0]] = True
-        clear[start:stop] = ~bad
-        if first_only and clear.any():
-            break
-    return clear
+    e = _scaled(1.0 / s, p) if s > _TINY else _random_unit(rng)
+    q_unit = _scaled(1.0 / t, q) if t > _TINY else _random_unit(rng)
+    minus_e = _scaled(-1.0, e)
+    a1, b1 = _random_perpendicular(q_unit, rng), _random_perpendicular(minus_e, rng)
+    rotation = _frame_rotation((q_unit, a1, _cross(q_unit, a1)), (minus_e, b1, _cross(minus_e, b1)))
+    return rotation, _scaled(s + d + t, e)

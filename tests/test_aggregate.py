@@ -191,11 +191,8 @@ def test_extreme_parameters_still_succeed(df: float, kf: float, overlap: float, 
 
 @pytest.mark.parametrize("overlap", [0.0, 0.3])
 def test_last_resort_placements_are_valid(monkeypatch: pytest.MonkeyPatch, overlap: float) -> None:
-    # Force every sticking step straight to its last resort (outermost primaries in line).
-    monkeypatch.setattr(aggregate_module, "_RELAX_SCHEDULE", ())
-    monkeypatch.setattr(
-        aggregate_module, "_place_monomers_once", lambda rel, dist, contact, gamma, rng: np.full((len(dist), 3), np.nan)
-    )
+    # Force every sticking step straight to its last resort (outermost primaries in line): no search at all.
+    monkeypatch.setattr(aggregate_module, "_SEARCH_PLAN", aggregate_module._search_plan((), 0))
     for n in (2, 3, 9, 40, 130):
         radii = lognormal_radii(np.random.default_rng(n), n, gsd=1.6)
         assert_valid(build(radii, overlap=overlap, seed=n), radii, overlap)
@@ -223,6 +220,26 @@ def test_deterministic_for_a_given_seed() -> None:
     first, again, other = build(radii, seed=42), build(radii, seed=42), build(radii, seed=43)
     assert first.tobytes() == again.tobytes()
     assert first.tobytes() != other.tobytes()
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 30])
+def test_small_aggregates_are_deterministic(n: int) -> None:
+    radii = lognormal_radii(np.random.default_rng(n), n)
+    assert build(radii, seed=5).tobytes() == build(radii, seed=5).tobytes()
+    assert build(radii, seed=5).tobytes() != build(radii, seed=6).tobytes()
+
+
+def test_advances_the_callers_generator() -> None:
+    # Successive calls with one generator (as in the image simulator) must differ, and so must later draws.
+    radii = lognormal_radii(np.random.default_rng(1), 12)
+    law = {"fractal_dimension": 2.0, "fractal_prefactor": 1.3, "overlap": 0.1}
+    rng = np.random.default_rng(3)
+    first = build_aggregate(radii, **law, rng=rng)
+    second = build_aggregate(radii, **law, rng=rng)
+    assert first.tobytes() != second.tobytes()
+    fresh = np.random.default_rng(3)
+    build_aggregate(radii, **law, rng=fresh)
+    assert fresh.random() != np.random.default_rng(3).random()
 
 
 def test_does_not_touch_the_global_random_state() -> None:
