@@ -26,30 +26,39 @@ def _fail(message: str) -> None:
 
 @app.command()
 def simulate(
-    config: Path = typer.Argument(..., help="TOML config (see docs/parameters.md), e.g. configs/default.toml."),
-    n: int = typer.Option(8, "--n", min=1, help="Number of images."),
+    config: Path = typer.Argument(
+        ..., help="TOML config (docs/parameters.md), e.g. configs/default.toml; a [sweep] section makes a sweep."
+    ),
     out: Path = typer.Option(..., "--out", help="Output dataset folder (must be empty or absent)."),
+    n: int = typer.Option(None, "--n", min=1, help="Number of images (default 8; sweeps: points x images_per_point)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Root seed; image i uses SeedSequence(seed).spawn(n)[i]."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; output bytes do not depend on it."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing semsynth dataset in --out."),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run in --out (same arguments)."),
+    executor: str = typer.Option("local", "--executor", help="local (processes) or dask (a distributed cluster)."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786."),
     preview: bool = typer.Option(True, "--preview/--no-preview", help="Also write OUT/preview.png."),
 ) -> None:
-    """Simulate N images and write them as a COCO dataset (images/, labels/, annotations.json, manifest.json)."""
+    """Simulate images and write them as a COCO dataset (images/, labels/, annotations.json, manifest.json)."""
     from tqdm import tqdm
 
-    from simulator.config import ConfigError, load_config
+    from simulator.config import ConfigError
     from simulator.dataset import write_dataset
+    from simulator.sweep import load_run_config
 
     try:
-        cfg = load_config(config)
+        cfg, sweep = load_run_config(config)
     except ConfigError as err:
         _fail(str(err))
+    if sweep is None and n is None:
+        n = 8
     try:
-        with tqdm(total=n, unit="img", desc="simulate") as bar:
+        with tqdm(total=n if sweep is None else None, unit="img", desc="simulate") as bar:
             manifest = write_dataset(
-                out, cfg, n_images=n, seed=seed, workers=workers, overwrite=overwrite, on_image=bar.update
+                out, cfg, n_images=n, seed=seed, workers=workers, overwrite=overwrite, resume=resume,
+                sweep=sweep, executor=executor, scheduler=scheduler, on_image=bar.update,
             )
-    except (FileExistsError, ValueError, RuntimeError) as err:
+    except (FileExistsError, ValueError, RuntimeError, ConfigError) as err:
         _fail(str(err))
     counts = manifest["counts"]
     typer.echo(f"wrote {counts['images']} images, {counts['annotations']} visible particles to {out}/")
@@ -59,17 +68,35 @@ def simulate(
         typer.echo(f"  preview:     {sheet}")
 
 
+@app.command()
+def check(dataset: Path = typer.Argument(..., help="Dataset folder written by simulate.")) -> None:
+    """Validate a dataset: files, PNG integrity, COCO schema, mask and image sizes, ids. Exit 1 on problems."""
+    from simulator.check import check_dataset
+
+    problems = check_dataset(dataset)
+    if problems:
+        typer.secho(f"{dataset}: {len(problems)} problem(s)", fg=typer.colors.RED, err=True)
+        for problem in problems:
+            typer.echo(f"  - {problem}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"{dataset}: OK")
+
+
 def write_preview(dataset: Path, out_png: Path, max_images: int = 2) -> Path:
-    """Contact sheet of the first images of a dataset with their visible-instance contours."""
+    """Contact sheet of the first images of a dataset with their visible-instance contours (reads only the
+    first images' records, so it costs the same for any dataset size)."""
     import cv2
     import numpy as np
 
-    from simulator.dataset import atomic_write_bytes, encode_png
+    from simulator.dataset import atomic_write_bytes, encode_png, record_path
     from simulator.preview import contact_sheet, overlay
 
-    coco = json.loads((dataset / "annotations.json").read_text())
     tiles = []
-    for image in coco["images"][:max_images]:
+    for index in range(max_images):
+        path = record_path(dataset, index)
+        if not path.exists():
+            break
+        image = json.loads(path.read_text())["image"]
         pixels = cv2.imread(str(dataset / "images" / image["file_name"]), cv2.IMREAD_UNCHANGED)
         if pixels.dtype == np.uint16:
             pixels = (pixels >> 8).astype(np.uint8)

@@ -39,7 +39,7 @@ def detect(
     pulses = _detected_pulses(signal, dose, cfg.gain_shape, rng)
     out = cfg.brightness + cfg.contrast * pulses / dose
     if cfg.read_noise > 0:
-        out += rng.normal(0.0, cfg.read_noise, signal.shape)
+        out += np.float32(cfg.read_noise) * rng.standard_normal(signal.shape, dtype=np.float32)
     return out.astype(np.float32)
 
 

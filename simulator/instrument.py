@@ -9,8 +9,8 @@ Charging and the probe blur change intensities only and never move a pixel.
 from __future__ import annotations
 
 import cv2
+import numba
 import numpy as np
-from scipy.signal import lfilter
 
 from simulator.config import ChargingConfig, ProbeConfig, ScanConfig
 from simulator.geometry import Scene
@@ -18,15 +18,6 @@ from simulator.particles import lowest_point_offset_nm
 from simulator.render import RenderOut
 
 _CONTACT_NM = 1.0  # a primary whose lowest point is this close to z = 0 touches the substrate
-
-
-def scan_times_s(shape: tuple[int, int], cfg: ScanConfig) -> np.ndarray:
-    """(H, W) time (s) at which the beam dwells on each pixel, from the start of the frame."""
-    height, width = shape
-    line_time_us = width * cfg.dwell_time_us + cfg.flyback_time_us
-    rows = np.arange(height, dtype=np.float64)[:, None]
-    cols = np.arange(width, dtype=np.float64)[None, :]
-    return (rows * line_time_us + cols * cfg.dwell_time_us) * 1e-6
 
 
 def scan_offsets_px(
@@ -41,15 +32,24 @@ def scan_offsets_px(
         cfg.vibration_amplitude_nm == 0
     ):
         return None
-    t = scan_times_s(shape, cfg)
+    height, width = shape
+    line_s = (width * cfg.dwell_time_us + cfg.flyback_time_us) * 1e-6
+    t_row = np.arange(height) * line_s  # t = t_row[:, None] + t_col[None, :]
+    t_col = np.arange(width) * cfg.dwell_time_us * 1e-6
     phase = rng.uniform(0, 2 * np.pi)
-    jitter = rng.normal(0.0, cfg.line_jitter_px, shape[0])[:, None] if cfg.line_jitter_px > 0 else 0.0
-    wave = cfg.vibration_amplitude_nm * np.sin(2 * np.pi * cfg.vibration_frequency_hz * t + phase)
+    jitter = rng.normal(0.0, cfg.line_jitter_px, height) if cfg.line_jitter_px > 0 else np.zeros(height)
+    # sin(w (t_row + t_col) + phase) = sin(w t_row + phase) cos(w t_col) + cos(w t_row + phase) sin(w t_col):
+    # outer products of per-row and per-column terms, no per-pixel transcendental.
+    w = 2 * np.pi * cfg.vibration_frequency_hz
+    a, b = w * t_row + phase, w * t_col
+    sin_a, cos_a = np.sin(a).astype(np.float32), np.cos(a).astype(np.float32)
+    wave = cfg.vibration_amplitude_nm * (np.outer(sin_a, np.cos(b)) + np.outer(cos_a, np.sin(b)))
     angle = np.deg2rad(cfg.vibration_angle_deg)
-    dx_nm = cfg.drift_x_nm_per_s * t + wave * np.cos(angle)
-    dy_nm = cfg.drift_y_nm_per_s * t + wave * np.sin(angle)
-    offsets = np.stack([dx_nm / pixel_size_nm + jitter, dy_nm / pixel_size_nm], axis=2)
-    return offsets.astype(np.float32)
+    t = np.add.outer(t_row.astype(np.float32), t_col.astype(np.float32))
+    offsets = np.empty((height, width, 2), np.float32)
+    offsets[..., 0] = (cfg.drift_x_nm_per_s * t + np.cos(angle) * wave) / pixel_size_nm + jitter[:, None]
+    offsets[..., 1] = (cfg.drift_y_nm_per_s * t + np.sin(angle) * wave) / pixel_size_nm
+    return offsets
 
 
 def probe_sigma_nm(cfg: ProbeConfig) -> tuple[float, float]:
@@ -101,14 +101,28 @@ def charge(
     if cfg.strength == 0 or scene.n_aggregates == 0:
         return signal
     per_aggregate = aggregate_charge(scene, cfg.strength)
-    per_instance = np.r_[0.0, per_aggregate[scene.primaries.aggregate_id]]
-    q = per_instance[render.instance_id].astype(np.float32)
-    gain = 1.0 + q
+    per_instance = np.r_[0.0, per_aggregate[scene.primaries.aggregate_id]].astype(np.float32)
+    q = per_instance[render.instance_id]
+    halo = np.zeros_like(q)
     if cfg.halo_nm > 0:
         halo = cv2.GaussianBlur(q, (0, 0), cfg.halo_nm / pixel_size_nm, borderType=cv2.BORDER_REFLECT)
-        gain += np.where(render.instance_id == 0, 2.0 * halo, 0.0)
-    if cfg.streak_length_px > 0 and cfg.streak_gain > 0:
-        decay = np.exp(-1.0 / cfg.streak_length_px)
-        streak = lfilter([1.0 - decay], [1.0, -decay], q, axis=1).astype(np.float32)
-        gain += cfg.streak_gain * np.where(q > 0, 0.0, streak)
-    return (signal * gain).astype(np.float32)
+    decay = np.exp(-1.0 / cfg.streak_length_px) if cfg.streak_length_px > 0 else 0.0
+    return _charged(signal, q, halo, np.float32(decay), np.float32(cfg.streak_gain))
+
+
+@numba.njit(cache=True)
+def _charged(signal, q, halo, decay, streak_gain):
+    """signal * gain: gain = 1 + q on charged particles, 1 + 2 halo + streak elsewhere; the streak is a one-pole
+    filter along each scan line, s(x) = decay s(x - 1) + (1 - decay) q(x)."""
+    rows, cols = signal.shape
+    out = np.empty_like(signal)
+    for r in range(rows):
+        streak = np.float32(0.0)
+        for c in range(cols):
+            streak = decay * streak + (1 - decay) * q[r, c]
+            if q[r, c] > 0:
+                gain = 1 + q[r, c]
+            else:
+                gain = 1 + 2 * halo[r, c] + streak_gain * streak
+            out[r, c] = signal[r, c] * gain
+    return out

@@ -142,16 +142,19 @@ def _et_collection(render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float) 
     facing[particle] = np.clip(render.normal[particle] @ towards, 0.0, 1.0) / towards[2]
     if cfg.et_shadow == 0 or not np.any(particle):
         return facing
-    h = render.height_nm
-    height, width = h.shape
-    diag = int(np.ceil(np.hypot(height, width))) + 2
-    centre = np.array([width / 2, height / 2])
+    # Shadows vary slowly: they are traced on a half-resolution height map and interpolated back.
+    height, width = render.shape
+    h = cv2.resize(render.height_nm, ((width + 1) // 2, (height + 1) // 2), interpolation=cv2.INTER_AREA)
+    small_h, small_w = h.shape
+    diag = int(np.ceil(np.hypot(small_h, small_w))) + 2
+    centre = np.array([small_w / 2, small_h / 2])
     # Rotation by -azimuth maps the detector direction onto +x, into a square canvas that holds every pixel.
     turn = cv2.getRotationMatrix2D(tuple(centre), np.rad2deg(az), 1.0)
     turn[:, 2] += diag / 2 - centre
     turned = cv2.warpAffine(h, turn, (diag, diag), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    blocked = _blocked_rows(turned, float(np.tan(el) * pixel_size_nm)).astype(np.float32)
-    back = cv2.warpAffine(blocked, turn, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    blocked = _blocked_rows(turned, float(np.tan(el) * 2 * pixel_size_nm)).astype(np.float32)
+    back = cv2.warpAffine(blocked, turn, (small_w, small_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
     return facing * (1.0 - cfg.et_shadow * back)
 
 
@@ -165,14 +168,30 @@ def facet_normals(render: RenderOut, strength: float, count: int, rng: np.random
     quat = rng.standard_normal((render.n_instances, 4))
     turns = Rotation.from_quat(quat / np.linalg.norm(quat, axis=1, keepdims=True)).as_matrix()
     dirs = np.einsum("nij,fj->nfi", turns, fibonacci_sphere(count)).astype(np.float32)  # (N, F, 3)
-    particle = render.instance_id > 0
-    ids = render.instance_id[particle] - 1
-    normal = render.normal[particle]
-    candidates = dirs[ids]  # (M, F, 3)
-    best = candidates[np.arange(len(ids)), np.einsum("mk,mfk->mf", normal, candidates).argmax(axis=1)]
-    mixed = (1.0 - strength) * normal + strength * best
-    out = render.normal.copy()
-    out[particle] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    return _snap_normals(render.instance_id, render.normal, dirs, np.float32(strength))
+
+
+@numba.njit(cache=True)
+def _snap_normals(instance_id, normal, dirs, strength):
+    """Per particle pixel: normalise((1 - s) n + s d*), d* the facet direction of its primary closest to n."""
+    rows, cols = instance_id.shape
+    out = normal.copy()
+    for r in range(rows):
+        for c in range(cols):
+            p = instance_id[r, c] - 1
+            if p < 0:
+                continue
+            n0, n1, n2 = normal[r, c, 0], normal[r, c, 1], normal[r, c, 2]
+            best, best_dot = 0, -2.0
+            for f in range(dirs.shape[1]):
+                dot = n0 * dirs[p, f, 0] + n1 * dirs[p, f, 1] + n2 * dirs[p, f, 2]
+                if dot > best_dot:
+                    best, best_dot = f, dot
+            m0 = (1 - strength) * n0 + strength * dirs[p, best, 0]
+            m1 = (1 - strength) * n1 + strength * dirs[p, best, 1]
+            m2 = (1 - strength) * n2 + strength * dirs[p, best, 2]
+            norm = np.sqrt(m0 * m0 + m1 * m1 + m2 * m2)
+            out[r, c, 0], out[r, c, 1], out[r, c, 2] = m0 / norm, m1 / norm, m2 / norm
     return out
 
 
