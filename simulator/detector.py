@@ -9,9 +9,11 @@ Per pixel, with dose = I t / e primary electrons expected (probe current I, dwel
     out = brightness + contrast * D / dose + Normal(0, read_noise)
 
 so that the mean output, brightness + contrast * delta, does not depend on the dose, while the noise on a
-flat region falls as 1 / sqrt(dose). Pixels that collect many SE (see ``_detected_pulses``) draw D from a
-normal distribution with the chain's exact mean and variance. Saturation and quantisation happen in
-``quantize``.
+flat region falls as 1 / sqrt(dose). Pixels that collect at least _EXACT_BELOW SE on average draw the output
+from the normal distribution with the chain's exact mean and variance (read noise included),
+    E[D] = dose delta,   Var[D] = dose delta (1 + delta + 1/k),
+whose skewness, small at that count, falls as 1/sqrt(dose delta); pixels that collect fewer draw every stage
+exactly. Saturation and quantisation happen in ``quantize``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def dose_electrons(cfg: DetectorConfig, dwell_time_us: float) -> float:
     return cfg.probe_current_pA * 1e-12 * dwell_time_us * 1e-6 / ELEMENTARY_CHARGE_C
 
 
+_EXACT_BELOW = 25.0  # mean collected SE per pixel under which the chain is sampled draw by draw
+
+
 def detect(
     signal: np.ndarray, cfg: DetectorConfig, dwell_time_us: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -36,35 +41,24 @@ def detect(
     if not cfg.noise:
         return (cfg.brightness + cfg.contrast * signal).astype(np.float32)
     dose = dose_electrons(cfg, dwell_time_us)
-    pulses = _detected_pulses(signal, dose, cfg.gain_shape, rng)
-    out = cfg.brightness + cfg.contrast * pulses / dose
-    if cfg.read_noise > 0:
-        out += np.float32(cfg.read_noise) * rng.standard_normal(signal.shape, dtype=np.float32)
-    return out.astype(np.float32)
-
-
-_EXACT_BELOW = 25.0  # mean collected SE per pixel under which the chain is sampled draw by draw
-
-
-def _detected_pulses(delta: np.ndarray, dose: float, k: float, rng: np.random.Generator) -> np.ndarray:
-    """Summed pulse heights D of the Poisson -> Poisson -> Gamma chain, per pixel.
-
-    Where the mean SE count dose * delta is below _EXACT_BELOW, every stage is drawn exactly. Above it, D is
-    drawn from the normal distribution with D's exact mean and variance,
-        E[D] = dose delta,   Var[D] = dose delta (1 + delta + 1/k),
-    whose skewness, small at that count, falls as 1/sqrt(dose delta); this is several times faster.
-    """
-    mean = dose * delta
-    pulses = mean + np.sqrt(mean * (1.0 + delta + 1.0 / k)) * rng.standard_normal(delta.shape, dtype=np.float32)
+    k = cfg.gain_shape
+    # Many SE collected: the chain's exact mean and variance, read noise included, in a single normal draw.
+    mean = dose * signal
+    var = (cfg.contrast / dose) ** 2 * mean * (1.0 + signal + 1.0 / k) + cfg.read_noise**2
+    noise = rng.standard_normal(signal.shape, dtype=np.float32)
+    out = cfg.brightness + (cfg.contrast / dose) * mean + np.sqrt(var) * noise
     low = np.flatnonzero(mean.ravel() < _EXACT_BELOW)
-    if low.size:
+    if low.size:  # few SE collected: every stage drawn exactly
         arrivals = rng.poisson(dose, low.size)
-        emitted = rng.poisson(arrivals * delta.ravel()[low])
-        exact = np.zeros(low.size)
+        emitted = rng.poisson(arrivals * signal.ravel()[low])
+        pulses = np.zeros(low.size)
         some = emitted > 0
-        exact[some] = rng.gamma(k * emitted[some], 1.0 / k)
-        pulses.ravel()[low] = exact
-    return pulses
+        pulses[some] = rng.gamma(k * emitted[some], 1.0 / k)
+        exact = cfg.brightness + cfg.contrast * pulses / dose
+        if cfg.read_noise > 0:
+            exact += rng.normal(0.0, cfg.read_noise, low.size)
+        out.ravel()[low] = exact
+    return out.astype(np.float32)
 
 
 def info_bar(width_px: int, height_px: int, lines: list[str], scale_bar_px: int, scale_label: str) -> np.ndarray:

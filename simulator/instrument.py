@@ -42,13 +42,16 @@ def scan_offsets_px(
     # outer products of per-row and per-column terms, no per-pixel transcendental.
     w = 2 * np.pi * cfg.vibration_frequency_hz
     a, b = w * t_row + phase, w * t_col
-    sin_a, cos_a = np.sin(a).astype(np.float32), np.cos(a).astype(np.float32)
-    wave = cfg.vibration_amplitude_nm * (np.outer(sin_a, np.cos(b)) + np.outer(cos_a, np.sin(b)))
+    f32 = np.float32
+    amp = f32(cfg.vibration_amplitude_nm)
+    wave = np.outer(amp * np.sin(a).astype(f32), np.cos(b).astype(f32))
+    wave += np.outer(amp * np.cos(a).astype(f32), np.sin(b).astype(f32))
     angle = np.deg2rad(cfg.vibration_angle_deg)
     t = np.add.outer(t_row.astype(np.float32), t_col.astype(np.float32))
     offsets = np.empty((height, width, 2), np.float32)
-    offsets[..., 0] = (cfg.drift_x_nm_per_s * t + np.cos(angle) * wave) / pixel_size_nm + jitter[:, None]
-    offsets[..., 1] = (cfg.drift_y_nm_per_s * t + np.sin(angle) * wave) / pixel_size_nm
+    inv_px = f32(1.0 / pixel_size_nm)
+    offsets[..., 0] = (f32(cfg.drift_x_nm_per_s) * t + f32(np.cos(angle)) * wave) * inv_px + jitter[:, None].astype(f32)
+    offsets[..., 1] = (f32(cfg.drift_y_nm_per_s) * t + f32(np.sin(angle)) * wave) * inv_px
     return offsets
 
 

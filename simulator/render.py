@@ -29,7 +29,7 @@ from simulator.particles import Primaries, monomial_exponents
 RIM_SAMPLES = 8  # samples along the outer shell's chord for rays that miss the inner shell
 GOLDEN_STEPS = 12  # golden-section iterations on near misses
 MAX_REFINE_STEPS = 40  # Illinois iterations at most (typically 3 to 6)
-F_TOL = 1e-7  # convergence of F (relative radius units): heights to about 1e-5 nm
+F_TOL = 1e-6  # convergence of F (relative radius units): heights to about 1e-4 nm
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ def _surface_along_ray(t, a, b, c, r2, q, degree):
     return ellipsoid - 1.0 - total
 
 
-@numba.njit(cache=True, fastmath=True, error_model="numpy")
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, max_steps, tol):
     side = 0
     t_new = t_lo
@@ -101,7 +101,7 @@ def _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, max_steps, tol):
     return t_new
 
 
-@numba.njit(cache=True, fastmath=True, error_model="numpy")
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _golden_min(lo, hi, a, b, c, r2, q, degree, steps):
     g = (np.sqrt(5.0) - 1.0) / 2.0
     x1, x2 = hi - g * (hi - lo), lo + g * (hi - lo)
@@ -119,7 +119,7 @@ def _golden_min(lo, hi, a, b, c, r2, q, degree, steps):
     return (x1, f1) if f1 < f2 else (x2, f2)
 
 
-@numba.njit(cache=True, fastmath=True, error_model="numpy")
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
 def _normal_at(x, y, t, p, m6, coeff, exps, degree, out, p0, p1, p2):
     """Unit outward normal grad F / |grad F| at q = (x, y, t) into ``out`` (3,); p0, p1, p2 are scratch
     arrays of length degree + 1."""
@@ -152,32 +152,16 @@ def _normal_at(x, y, t, p, m6, coeff, exps, degree, out, p0, p1, p2):
     out[0], out[1], out[2] = g0 / gn, g1 / gn, g2 / gn
 
 
-@numba.njit(cache=True, fastmath=True, error_model="numpy")
-def _ray_top(x, y, p, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz, q, px, py):
-    """Top intersection of the vertical ray at offset (x, y) nm from primary p's centre with its surface.
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _rough_ray_top(a, b, c, r2, q, degree, s_out, s_in, lip):
+    """Top intersection of a vertical ray with a perturbed body; the ray is q^T M q = a t^2 + 2 b t + c with
+    r2 = x^2 + y^2 and its perturbation polynomial q (see ``_surface_along_ray``). Returns (hit, t in nm).
 
-    Returns (hit, t): t is the height of the hit above the centre (nm). q, px, py are scratch arrays.
-    (Arrays are passed whole with the index p: slicing them per ray would cost reference counting.)
+    Only scalars and one array cross this call: array arguments cost reference counting on every ray.
     """
-    a = m6[p, 5]
-    b = m6[p, 2] * x + m6[p, 4] * y
-    c = m6[p, 0] * x * x + 2.0 * m6[p, 1] * x * y + m6[p, 3] * y * y
-    shell_out, shell_in, lipschitz = shell_out[p], shell_in[p], lipschitz[p]
-    if not rough[p]:
-        disc = b * b - a * (c - 1.0)
-        if disc > 0:
-            return True, (-b + np.sqrt(disc)) / a
-        return False, 0.0
-    disc_out = b * b - a * (c - shell_out * shell_out)
+    disc_out = b * b - a * (c - s_out * s_out)
     if disc_out <= 0:
         return False, 0.0
-    r2 = x * x + y * y
-    for d in range(1, degree + 1):
-        px[d], py[d] = px[d - 1] * x, py[d - 1] * y
-    q[:, :] = 0.0
-    for k in range(exps.shape[0]):
-        i, j, e = exps[k, 0], exps[k, 1], exps[k, 2]
-        q[i + j + e, e] += coeff[p, k] * px[i] * py[j]
     t_out = (-b + np.sqrt(disc_out)) / a
     t_exit = (-b - np.sqrt(disc_out)) / a
     f_out = _surface_along_ray(t_out, a, b, c, r2, q, degree)
@@ -185,7 +169,7 @@ def _ray_top(x, y, p, m6, coeff, exps, degree, rough, shell_out, shell_in, lipsc
         return True, t_out
     found = False
     t_hi, f_hi, t_lo, f_lo = t_out, f_out, t_out, f_out
-    disc_in = b * b - a * (c - shell_in * shell_in)
+    disc_in = b * b - a * (c - s_in * s_in)
     if disc_in > 0:
         t_lo = (-b + np.sqrt(disc_in)) / a
         f_lo = _surface_along_ray(t_lo, a, b, c, r2, q, degree)
@@ -204,7 +188,7 @@ def _ray_top(x, y, p, m6, coeff, exps, degree, rough, shell_out, shell_in, lipsc
             f_prev = fk
             if fk < f_min:
                 f_min, k_min = fk, k
-        if not found and f_min <= 0.5 * lipschitz * step:
+        if not found and f_min <= 0.5 * lip * step:
             # Near miss: F came within L h / 2 of zero, so it may dip below between samples.
             k_c = min(max(k_min, 1), RIM_SAMPLES - 2)
             upper = t_out - step * (k_c - 1)
@@ -249,9 +233,26 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
                     yr += offsets[row, col, 1]
                 x = xr * pixel_size_nm - centre[p, 0]
                 y = yr * pixel_size_nm - centre[p, 1]
-                hit, t = _ray_top(x, y, p, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz, q, px, py)
-                if not hit:
-                    continue
+                a = m6[p, 5]
+                b = m6[p, 2] * x + m6[p, 4] * y
+                c = m6[p, 0] * x * x + 2.0 * m6[p, 1] * x * y + m6[p, 3] * y * y
+                if not rough[p]:  # ellipsoid: the top root of a quadratic
+                    disc = b * b - a * (c - 1.0)
+                    if disc <= 0:
+                        continue
+                    t = (-b + np.sqrt(disc)) / a
+                else:
+                    if b * b - a * (c - shell_out[p] * shell_out[p]) <= 0:
+                        continue
+                    for d in range(1, degree + 1):
+                        px[d], py[d] = px[d - 1] * x, py[d - 1] * y
+                    q[:, :] = 0.0
+                    for k in range(exps.shape[0]):
+                        i, j, e = exps[k, 0], exps[k, 1], exps[k, 2]
+                        q[i + j + e, e] += coeff[p, k] * px[i] * py[j]
+                    hit, t = _rough_ray_top(a, b, c, x * x + y * y, q, degree, shell_out[p], shell_in[p], lipschitz[p])
+                    if not hit:
+                        continue
                 pix = row * width + col
                 amodal_instance[n_amodal] = p + 1
                 amodal_pixel[n_amodal] = pix
