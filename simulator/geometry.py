@@ -33,6 +33,7 @@ class Scene:
     """All primaries of one image (world coordinates, nm) and how they were placed."""
 
     primaries: Primaries
+    bottom_nm: np.ndarray  # (N,) height of each primary's lowest surface point above the substrate
     n_aggregates: int
     n_forced_placements: int  # placements accepted despite interpenetration after all tries
 
@@ -46,9 +47,9 @@ def sample_aggregate_size(cfg: AggregateConfig, rng: np.random.Generator) -> int
 def build_single_aggregate(
     n: int, primary: PrimaryConfig, aggregate: AggregateConfig, rng: np.random.Generator,
     parts: Primaries | None = None,
-) -> Primaries:
+) -> tuple[Primaries, np.ndarray]:
     """One aggregate of n primaries (drawn here unless ``parts`` are given), randomly rotated, resting on
-    z = 0, centred at x = y = 0."""
+    z = 0, centred at x = y = 0; and the height of each primary's lowest point (nm)."""
     if parts is None:
         parts = sample_primaries(n, primary, rng)
     centres = build_aggregate(
@@ -62,10 +63,10 @@ def build_single_aggregate(
     rotation = Rotation.from_quat(quat / np.linalg.norm(quat)).as_matrix()
     centres = centres @ rotation.T
     parts = parts.rotated(rotation)
-    lowest = (centres[:, 2] + lowest_point_offset_nm(parts)).min()
-    centres[:, 2] -= lowest
+    bottom = centres[:, 2] + lowest_point_offset_nm(parts)
+    centres[:, 2] -= bottom.min()
     centres[:, :2] -= centres[:, :2].mean(axis=0)
-    return parts.with_centres(centres, np.zeros(n, np.int32))
+    return parts.with_centres(centres, np.zeros(n, np.int32)), bottom - bottom.min()
 
 
 def _interpenetrates(new_c: np.ndarray, new_r: np.ndarray, old_c: np.ndarray, old_r: np.ndarray) -> bool:
@@ -113,6 +114,7 @@ def build_scene(
         starts = np.cumsum([0, *sizes])
 
     parts: list[Primaries] = []
+    bottoms: list[np.ndarray] = []
     placed_c = np.zeros((0, 3))
     placed_r = np.zeros(0)
     n_total, n_forced = 0, 0
@@ -121,11 +123,13 @@ def build_scene(
             if grid.mean() >= field.coverage:
                 break
             n = sample_aggregate_size(aggregate, rng)
-            agg = build_single_aggregate(n, primary, aggregate, rng)
+            agg, bottom = build_single_aggregate(n, primary, aggregate, rng)
         else:
             k = len(parts)
             n = sizes[k]
-            agg = build_single_aggregate(n, primary, aggregate, rng, pool.take(np.arange(starts[k], starts[k + 1])))
+            agg, bottom = build_single_aggregate(
+                n, primary, aggregate, rng, pool.take(np.arange(starts[k], starts[k + 1]))
+            )
         for attempt in range(field.placement_tries):
             offset = lo + span * rng.random(2)
             centres = agg.centre_nm + np.r_[offset, 0.0]
@@ -135,6 +139,7 @@ def build_scene(
                 n_forced += 1
         agg = agg.with_centres(centres, np.full(n, len(parts), np.int32))
         parts.append(agg)
+        bottoms.append(bottom)
         placed_c = np.concatenate([placed_c, centres])
         placed_r = np.concatenate([placed_r, agg.radius_nm])
         n_total += n
@@ -147,5 +152,10 @@ def build_scene(
         )
     if not parts:
         empty = sample_primaries(0, primary, rng)
-        return Scene(primaries=empty, n_aggregates=0, n_forced_placements=0)
-    return Scene(primaries=Primaries.concatenate(parts), n_aggregates=len(parts), n_forced_placements=n_forced)
+        return Scene(primaries=empty, bottom_nm=np.zeros(0), n_aggregates=0, n_forced_placements=0)
+    return Scene(
+        primaries=Primaries.concatenate(parts),
+        bottom_nm=np.concatenate(bottoms),
+        n_aggregates=len(parts),
+        n_forced_placements=n_forced,
+    )

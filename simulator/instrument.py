@@ -14,7 +14,6 @@ import numpy as np
 
 from simulator.config import ChargingConfig, ProbeConfig, ScanConfig
 from simulator.geometry import Scene
-from simulator.particles import lowest_point_offset_nm
 from simulator.render import RenderOut
 
 _CONTACT_NM = 1.0  # a primary whose lowest point is this close to z = 0 touches the substrate
@@ -90,7 +89,7 @@ def aggregate_charge(scene: Scene, strength: float) -> np.ndarray:
     prim = scene.primaries
     if len(prim) == 0:
         return np.zeros(0)
-    touching = (prim.centre_nm[:, 2] + lowest_point_offset_nm(prim)) < _CONTACT_NM
+    touching = scene.bottom_nm < _CONTACT_NM
     n = np.bincount(prim.aggregate_id, minlength=scene.n_aggregates)
     contact = np.bincount(prim.aggregate_id, weights=touching, minlength=scene.n_aggregates)
     return strength * (1.0 - contact / np.maximum(n, 1))

@@ -158,9 +158,10 @@ def test_aggregates_rest_on_the_substrate():
     cfg = small_config(primary={"shape": "ellipsoid"})
     rng = np.random.default_rng(5)
     for n in (1, 2, 7, 30):
-        agg = build_single_aggregate(n, cfg.primary, cfg.aggregate, rng)
+        agg, bottom = build_single_aggregate(n, cfg.primary, cfg.aggregate, rng)
         lowest = agg.centre_nm[:, 2] + lowest_point_offset_nm(agg)
         assert abs(lowest.min()) < 1e-6 and np.all(lowest >= -1e-6)
+        np.testing.assert_allclose(bottom, lowest, atol=1e-9)
 
 
 def test_scene_invariants_visible_disjoint_union_amodal_contains_visible(small_cfg):
