@@ -198,10 +198,12 @@ def atomic_write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
 
 
 def encode_png(array: np.ndarray, *, labels: bool = False) -> bytes:
-    """Lossless PNG. Images are noisy (Huffman-only deflate is as small and faster); label maps are flat
-    regions (run-length deflate)."""
+    """Lossless PNG, tuned for speed: no row filters (they cost half the encoding time and do not shrink noisy
+    images); Huffman-only deflate for images (noise has no long matches), run-length deflate for label maps."""
     strategy = cv2.IMWRITE_PNG_STRATEGY_RLE if labels else cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY
-    ok, buf = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, strategy])
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, strategy,
+              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    ok, buf = cv2.imencode(".png", array, params)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
@@ -310,36 +312,44 @@ def _run_jobs(jobs: list[Job], workers: int, executor: str, scheduler: str | Non
 
 
 def _merge_records(out_dir: Path, n_images: int) -> dict[str, int]:
-    """Stream every record into annotations.json (one record in memory at a time); ids follow image order."""
-    counts = {"images": 0, "annotations": 0, "hidden_particles": 0}
+    """Stream every record into annotations.json (one record in memory at a time); ids follow image order.
+
+    One pass: image entries go to annotations.json's temporary file, annotation entries to a second temporary
+    file that is appended at the end.
+    """
+    counts = {"images": n_images, "annotations": 0, "hidden_particles": 0}
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".annotations.json.", suffix=".tmp")
+    fd_anns, tmp_anns = tempfile.mkstemp(dir=out_dir, prefix=".annotations-list.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh, os.fdopen(fd_anns, "w+", encoding="utf-8") as anns:
             info = {"description": "semsynth synthetic SEM dataset", "format_version": FORMAT_VERSION}
             fh.write('{"info":' + json.dumps(info, separators=(",", ":")))
             fh.write(',"licenses":[],"categories":' + json.dumps([CATEGORY], separators=(",", ":")))
             fh.write(',"images":[')
             for index in range(n_images):
-                image = json.loads(record_path(out_dir, index).read_text())["image"]
+                record = json.loads(record_path(out_dir, index).read_text())
+                image = record["image"]
                 image["id"] = index + 1
                 for hidden in image["hidden_particles"]:
                     hidden["image_id"] = image["id"]
                 counts["hidden_particles"] += len(image["hidden_particles"])
                 fh.write(("," if index else "") + json.dumps(image, separators=(",", ":")))
-            fh.write('],"annotations":[')
-            for index in range(n_images):
-                for ann in json.loads(record_path(out_dir, index).read_text())["annotations"]:
+                for ann in record["annotations"]:
                     ann["id"] = counts["annotations"] + 1
-                    ann["image_id"] = index + 1
-                    fh.write(("," if counts["annotations"] else "") + json.dumps(ann, separators=(",", ":")))
+                    ann["image_id"] = image["id"]
+                    anns.write(("," if counts["annotations"] else "") + json.dumps(ann, separators=(",", ":")))
                     counts["annotations"] += 1
+            fh.write('],"annotations":[')
+            anns.seek(0)
+            shutil.copyfileobj(anns, fh)
             fh.write("]}\n")
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, out_dir / "annotations.json")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    counts["images"] = n_images
+    finally:
+        Path(tmp_anns).unlink(missing_ok=True)
     return counts
 
 
