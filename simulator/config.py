@@ -327,16 +327,20 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> SimConf
         raise ConfigError(f"{source}: {err}") from None
 
 
-def load_config(path: str | Path) -> SimConfig:
-    """Read a TOML file into a validated SimConfig."""
-    path = Path(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as nested dicts; a missing file or bad syntax is a ConfigError naming the file."""
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return config_from_dict(data, source=str(path))
+
+
+def load_config(path: str | Path) -> SimConfig:
+    """Read a TOML file into a validated SimConfig."""
+    path = Path(path)
+    return config_from_dict(read_toml(path), source=str(path))
 
 
 def config_to_dict(cfg: SimConfig) -> dict[str, dict[str, Any]]:

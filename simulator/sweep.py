@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import tomllib
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import qmc
 
-from simulator.config import ConfigError, SimConfig, config_from_dict, config_to_dict
+from simulator.config import ConfigError, SimConfig, config_from_dict, config_to_dict, read_toml
 
 MODES = ("oat", "grid", "lhs", "sobol")
 _SWEEP_KEYS = {"mode", "images_per_point", "n_points", "log_scale", "design_seed", "factors"}
@@ -114,12 +113,7 @@ def parse_sweep(data: dict[str, Any], *, source: str = "<dict>") -> SweepSpec:
 def load_run_config(path: str | Path) -> tuple[SimConfig, SweepSpec | None]:
     """A config file that may hold a ``[sweep]`` section: (nominal config, sweep or None)."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    data = read_toml(path)
     sweep = data.pop("sweep", None)
     cfg = config_from_dict(data, source=str(path))
     return cfg, (parse_sweep(sweep, source=str(path)) if sweep is not None else None)

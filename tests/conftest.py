@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -12,6 +13,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulator.config import SimConfig, config_from_dict  # noqa: E402
 from simulator.particles import Primaries  # noqa: E402
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file below a folder, by relative path: equal digests mean byte-identical folders."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def small_config(**sections) -> SimConfig:

@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 import pytest
-from conftest import small_config
+from conftest import digest, small_config
 from pycocotools.coco import COCO
 
 from simulator.dataset import amodal_rles, visible_rles, write_dataset
 from simulator.pipeline import simulate_image
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def test_rle_encoders_match_pycocotools():
@@ -89,7 +79,7 @@ def test_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path, small_cfg
     a = write_dataset(tmp_path / "a", small_cfg, n_images=3, seed=7, workers=1)
     write_dataset(tmp_path / "b", small_cfg, n_images=3, seed=7, workers=2)
     write_dataset(tmp_path / "c", small_cfg, n_images=3, seed=8, workers=1)
-    da, db, dc = (_digest(tmp_path / x) for x in "abc")
+    da, db, dc = (digest(tmp_path / x) for x in "abc")
     assert da == db
     assert da.keys() == dc.keys()
     assert all(da[f] != dc[f] for f in da if f.startswith("images/"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import small_config
+from conftest import digest, small_config
 
 from simulator.check import check_dataset
 from simulator.config import ConfigError
@@ -29,14 +28,6 @@ height_px = 64
 [field]
 primaries_per_um2 = 20.0
 """
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def test_sweep_expansion_oat_grid_lhs_sobol():
@@ -123,8 +114,8 @@ def test_workers_and_dask_give_identical_files(tmp_path):
     write_dataset(tmp_path / "two", cfg, n_images=4, seed=2, workers=2)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         write_dataset(tmp_path / "dask", cfg, n_images=4, seed=2, executor="dask", scheduler=cluster.scheduler_address)
-    one = _digest(tmp_path / "one")
-    assert one == _digest(tmp_path / "two") == _digest(tmp_path / "dask")
+    one = digest(tmp_path / "one")
+    assert one == digest(tmp_path / "two") == digest(tmp_path / "dask")
 
 
 def test_killed_run_resumed_equals_uninterrupted_run(tmp_path):
@@ -149,7 +140,7 @@ def test_killed_run_resumed_equals_uninterrupted_run(tmp_path):
 
     result = subprocess.run([*base, "--out", str(out), "--resume"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    assert _digest(out) == _digest(tmp_path / "full")
+    assert digest(out) == digest(tmp_path / "full")
     assert check_dataset(out) == []
     # Resuming a different run into the folder is refused.
     other = subprocess.run([*base[:-1], "4", "--out", str(out), "--resume"], capture_output=True, text=True, cwd=ROOT)
