@@ -44,7 +44,7 @@ def simulate(
 
     from simulator.config import ConfigError
     from simulator.dataset import write_dataset
-    from simulator.sweep import load_run_config
+    from simulator.sweep import expand, load_run_config
 
     try:
         cfg, sweep = load_run_config(config)
@@ -53,7 +53,8 @@ def simulate(
     if sweep is None and n is None:
         n = 8
     try:
-        with tqdm(total=n if sweep is None else None, unit="img", desc="simulate") as bar:
+        total = n if sweep is None else len(expand(sweep, cfg)) * sweep.images_per_point
+        with tqdm(total=total, unit="img", desc="simulate") as bar:
             manifest = write_dataset(
                 out, cfg, n_images=n, seed=seed, workers=workers, overwrite=overwrite, resume=resume,
                 sweep=sweep, executor=executor, scheduler=scheduler, on_image=bar.update,
