@@ -110,6 +110,27 @@ def write_preview(dataset: Path, out_png: Path, max_images: int = 2) -> Path:
 
 
 @app.command()
+def ingest(
+    src: Path = typer.Argument(..., help="Folder of real SEM images (SEM/<id>.tif + masks/<id>_m.tif, or flat)."),
+    out: Path = typer.Option(..., "--out", help="Output dataset folder (must be empty or absent)."),
+    pixel_size_nm: float = typer.Option(
+        None, "--pixel-size-nm", min=1e-6, help="Pixel size for images whose metadata has none."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in --out."),
+) -> None:
+    """Convert real SEM images (TIFF/PNG, optional masks) into the dataset layout of simulate."""
+    from eval.ingest import ingest as run_ingest
+
+    try:
+        report = run_ingest(src, out, pixel_size_nm=pixel_size_nm, overwrite=overwrite)
+    except (FileNotFoundError, FileExistsError) as err:
+        _fail(str(err))
+    for name, reason in report.skipped:
+        typer.secho(f"skipped {name}: {reason}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {len(report.written)} images to {out}/ ({len(report.skipped)} skipped)")
+
+
+@app.command()
 def preview(
     config: Path = typer.Argument(..., help="TOML config to preview, e.g. configs/default.toml."),
     out: Path = typer.Option(..., "--out", help="Contact sheet PNG to write."),

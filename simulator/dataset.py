@@ -100,7 +100,7 @@ def amodal_rles(buffers: RenderOut) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------- records
-def _bbox_of_slices(slc) -> list[float]:
+def bbox_of_slices(slc) -> list[float]:
     rows, cols = slc
     return [float(cols.start), float(rows.start), float(cols.stop - cols.start), float(rows.stop - rows.start)]
 
@@ -144,7 +144,7 @@ def image_records(sim: SimImage, cfg: SimConfig, file_stem: str) -> tuple[dict, 
         if visible_area[k] > 0:
             record["segmentation"] = vis_rle[p]
             record["area"] = int(visible_area[k])
-            record["bbox"] = _bbox_of_slices(vis_slices[p])
+            record["bbox"] = bbox_of_slices(vis_slices[p])
             annotations.append(record)
         else:
             hidden.append(record)
@@ -197,6 +197,11 @@ def atomic_write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
     atomic_write_bytes(path, (text + "\n").encode())
 
 
+def write_png(path: Path, array: np.ndarray, *, labels: bool = False) -> None:
+    """Encode (see ``encode_png``) and write atomically."""
+    atomic_write_bytes(path, encode_png(array, labels=labels))
+
+
 def encode_png(array: np.ndarray, *, labels: bool = False) -> bytes:
     """Lossless PNG, tuned for speed: no row filters (they cost half the encoding time and do not shrink noisy
     images); Huffman-only deflate for images (noise has no long matches), run-length deflate for label maps."""
@@ -231,13 +236,11 @@ def generate_one(job: Job) -> int:
     sim = simulate_image(cfg, job.seed, job.stream)
     stem = f"{job.index:06d}"
     root = Path(job.out_dir)
-    atomic_write_bytes(root / "images" / f"{stem}.png", encode_png(quantize(sim.image, cfg.image.bit_depth)))
+    write_png(root / "images" / f"{stem}.png", quantize(sim.image, cfg.image.bit_depth))
     if cfg.output.label_maps:
         if sim.render.n_instances > np.iinfo(np.uint16).max:
             raise ValueError(f"{sim.render.n_instances} primaries do not fit a 16-bit label map")
-        atomic_write_bytes(
-            root / "labels" / f"{stem}.png", encode_png(sim.render.instance_id.astype(np.uint16), labels=True)
-        )
+        write_png(root / "labels" / f"{stem}.png", sim.render.instance_id.astype(np.uint16), labels=True)
     image, annotations = image_records(sim, cfg, stem)
     image["image_index"] = job.index
     image["stream"] = job.stream
@@ -311,7 +314,7 @@ def _run_jobs(jobs: list[Job], workers: int, executor: str, scheduler: str | Non
         yield from pool.map(generate_one, jobs, chunksize=1)
 
 
-def _merge_records(out_dir: Path, n_images: int) -> dict[str, int]:
+def merge_records(out_dir: Path, n_images: int) -> dict[str, int]:
     """Stream every record into annotations.json (one record in memory at a time); ids follow image order.
 
     One pass: image entries go to annotations.json's temporary file, annotation entries to a second temporary
@@ -330,9 +333,9 @@ def _merge_records(out_dir: Path, n_images: int) -> dict[str, int]:
                 record = json.loads(record_path(out_dir, index).read_text())
                 image = record["image"]
                 image["id"] = index + 1
-                for hidden in image["hidden_particles"]:
+                for hidden in image.get("hidden_particles", []):
                     hidden["image_id"] = image["id"]
-                counts["hidden_particles"] += len(image["hidden_particles"])
+                counts["hidden_particles"] += len(image.get("hidden_particles", []))
                 fh.write(("," if index else "") + json.dumps(image, separators=(",", ":")))
                 for ann in record["annotations"]:
                     ann["id"] = counts["annotations"] + 1
@@ -436,7 +439,7 @@ def write_dataset(
     for _ in _run_jobs(jobs, workers, executor, scheduler):
         if on_image is not None:
             on_image()
-    counts = _merge_records(out_dir, n_images)
+    counts = merge_records(out_dir, n_images)
     manifest = {
         "generator": "semsynth",
         "format_version": FORMAT_VERSION,
