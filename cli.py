@@ -131,6 +131,51 @@ def ingest(
 
 
 @app.command()
+def fit(
+    real: Path = typer.Argument(..., help="Real dataset with masks, as written by `cli.py ingest`."),
+    out: Path = typer.Option(..., "--out", help="Fitted config to write (TOML); the report goes beside it."),
+    base: Path = typer.Option(None, "--base", help="Config to start from (default: the built-in defaults)."),
+    n_sim: int = typer.Option(6, "--n-sim", min=1, help="Simulated images per calibration round."),
+    rounds: int = typer.Option(4, "--rounds", min=1, help="Calibration rounds."),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    """Estimate simulator parameters from real images and masks; writes OUT, OUT.md (table) and OUT_ecd.png."""
+    import numpy as np
+
+    from eval.fit import dataset_samples, ecd_plot, measure, report_table, simulated_samples
+    from eval.fit import fit as run_fit
+    from simulator.config import ConfigError, SimConfig, config_to_toml, load_config
+    from simulator.dataset import atomic_write_bytes
+
+    try:
+        base_cfg = load_config(base) if base else SimConfig()
+        real_stats = measure(dataset_samples(real))
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    records = sorted((real / "records").glob("*.json"))
+    pixel_sizes = [json.loads(p.read_text())["image"]["pixel_size_nm"] for p in records]
+    typer.echo(f"real: {real_stats.n_images} labelled images, median ECD {real_stats.median_ecd_nm:.1f} nm, "
+               f"coverage {real_stats.image['coverage']:.3f}")
+
+    def progress(round_, sim):
+        typer.echo(f"round {round_}: median ECD {sim.median_ecd_nm:.1f} nm, coverage {sim.image['coverage']:.3f}, "
+                   f"substrate {sim.image['substrate_mean']:.3f}, noise {sim.image['substrate_noise_std']:.4f}")
+
+    cfg, history = run_fit(real_stats, base_cfg, n_sim=n_sim, rounds=rounds, seed=seed,
+                           pixel_size_nm=float(np.median(pixel_sizes)) if pixel_sizes else None, on_round=progress)
+    fitted_stats = measure(simulated_samples(cfg, n_sim, seed + 1))  # fresh images, not the ones fitted to
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, config_to_toml(cfg, header=f"fitted by `cli.py fit {real}` ({rounds} rounds)").encode())
+    table = report_table(real_stats, fitted_stats)
+    atomic_write_bytes(out.with_suffix(".md"), table.encode())
+    atomic_write_bytes(out.with_suffix(".json"), json.dumps(
+        {"real": real_stats.summary(), "fitted": fitted_stats.summary(), "history": history}, indent=1).encode())
+    ecd_plot(real_stats, fitted_stats, str(out.with_name(out.stem + "_ecd.png")))
+    typer.echo(table)
+    typer.echo(f"config: {out}\nreport: {out.with_suffix('.md')}, {out.with_name(out.stem + '_ecd.png')}")
+
+
+@app.command()
 def preview(
     config: Path = typer.Argument(..., help="TOML config to preview, e.g. configs/default.toml."),
     out: Path = typer.Option(..., "--out", help="Contact sheet PNG to write."),

@@ -351,6 +351,22 @@ def config_to_dict(cfg: SimConfig) -> dict[str, dict[str, Any]]:
     }
 
 
+def config_to_toml(cfg: SimConfig, header: str = "") -> str:
+    """The resolved config as a TOML file that ``load_config`` reads back to an equal config."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for section, values in config_to_dict(cfg).items():
+        lines.append(f"\n[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = json.dumps(value)
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
 def config_hash(cfg: SimConfig) -> str:
     """SHA-256 of the canonical JSON of the resolved config."""
     text = json.dumps(config_to_dict(cfg), sort_keys=True, separators=(",", ":"))

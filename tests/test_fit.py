@@ -1,0 +1,36 @@
+"""Calibration: measuring sizes from label images, and recovering known parameters from a synthetic dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import small_config
+
+from eval.fit import _instances, dataset_samples, fit, measure
+from simulator.config import config_from_dict, config_to_toml, load_config
+from simulator.dataset import write_dataset
+
+
+def test_instance_sizes_and_border_flags():
+    labels = np.zeros((100, 100), np.int32)
+    yy, xx = np.mgrid[0:100, 0:100]
+    labels[(yy - 50) ** 2 + (xx - 50) ** 2 < 20**2] = 1
+    labels[0:10, 0:10] = 2
+    ecd, solidity, border = _instances(labels, 2.0)
+    assert ecd[0] == pytest.approx(80.0, rel=0.02)  # a disc of radius 20 px at 2 nm/px
+    assert solidity[0] > 0.9 and border.tolist() == [False, True]
+
+
+def test_fit_recovers_the_median_diameter_of_a_synthetic_dataset(tmp_path):
+    truth = small_config(image={"width_px": 384, "height_px": 288},
+                         primary={"diameter_gmean_nm": 130.0}, field={"primaries_per_um2": 5.0})
+    write_dataset(tmp_path / "truth", truth, n_images=8, seed=11)
+    real = measure(dataset_samples(tmp_path / "truth"))
+    start = config_from_dict({"image": {"width_px": 384, "height_px": 288}})  # defaults: 185 nm, 3.6 / um^2
+    fitted, history = fit(real, start, n_sim=8, rounds=4, seed=3)
+    assert fitted.primary.diameter_gmean_nm == pytest.approx(130.0, rel=0.05)
+    assert history[-1]["simulated"]["coverage"] == pytest.approx(real.image["coverage"], rel=0.2)
+    # The fitted config round-trips through TOML.
+    path = tmp_path / "fitted.toml"
+    path.write_text(config_to_toml(fitted, header="test"))
+    assert load_config(path) == fitted
