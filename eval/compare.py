@@ -12,7 +12,7 @@ import numpy as np
 from eval.image_stats import image_statistics, radial_power_spectrum
 from eval.reference import ReferenceImage
 from simulator.config import SimConfig
-from simulator.pipeline import SimImage, quantize, simulate_image
+from simulator.pipeline import as_written, simulate_image
 
 # Statistics compared in the table: (key, label, unit, is a "done when" criterion of the realism check).
 TABLE_ROWS = (
@@ -38,12 +38,6 @@ class Comparison:
     n_real: int
 
 
-def _as_8bit(sim: SimImage, cfg: SimConfig) -> np.ndarray:
-    """The image as written to disk, in [0, 1], without the info bar."""
-    top = (1 << cfg.image.bit_depth) - 1
-    return quantize(sim.image, cfg.image.bit_depth)[: cfg.image.height_px].astype(np.float32) / top
-
-
 def compare(cfg: SimConfig, reference: list[ReferenceImage], *, n_synthetic: int, seed: int) -> Comparison:
     """Median statistics and mean spectra of ``n_synthetic`` simulated images and of the reference images."""
     real = [r for r in reference if r.foreground is not None]
@@ -52,7 +46,7 @@ def compare(cfg: SimConfig, reference: list[ReferenceImage], *, n_synthetic: int
     syn_rows, syn_spectra = [], []
     for i in range(n_synthetic):
         sim = simulate_image(cfg, seed, i)
-        image = _as_8bit(sim, cfg)
+        image = as_written(sim, cfg)
         foreground = sim.render.instance_id[: cfg.image.height_px] > 0
         syn_rows.append(image_statistics(image, foreground, cfg.image.pixel_size_nm))
         syn_spectra.append(radial_power_spectrum(image, cfg.image.pixel_size_nm))
@@ -156,7 +150,7 @@ def preview_tiles(
     tiles = []
     for i in range(n):
         sim = simulate_image(cfg, seed, i)
-        image = _as_8bit(sim, cfg)
+        image = as_written(sim, cfg)
         window = busiest_crop(sim.render.instance_id[: cfg.image.height_px] > 0, *crop_px)
         tiles.append(labelled_tile(image[window], f"synthetic #{i}", px))
         if picks:

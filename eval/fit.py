@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from eval.image_stats import image_statistics
 from simulator.config import SimConfig
-from simulator.pipeline import quantize, simulate_image
+from simulator.pipeline import as_written, simulate_image
 
 _MIN_ECD_NM = 40.0  # smaller "particles" are mostly fragments of hidden ones
 _SOLIDITY = 0.9
@@ -129,10 +129,7 @@ def dataset_samples(folder: str | Path):
 def simulated_samples(cfg: SimConfig, n: int, seed: int):
     for i in range(n):
         sim = simulate_image(cfg, seed, i)
-        top = (1 << cfg.image.bit_depth) - 1
-        rows = cfg.image.height_px
-        image = quantize(sim.image, cfg.image.bit_depth)[:rows].astype(np.float32) / top
-        yield image, sim.render.instance_id[:rows], cfg.image.pixel_size_nm
+        yield as_written(sim, cfg), sim.render.instance_id[: cfg.image.height_px], cfg.image.pixel_size_nm
 
 
 def _replace(cfg: SimConfig, section: str, **values) -> SimConfig:

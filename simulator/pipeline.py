@@ -111,3 +111,9 @@ def quantize(image: np.ndarray, bit_depth: int) -> np.ndarray:
     top = (1 << bit_depth) - 1
     dtype = np.uint8 if bit_depth == 8 else np.uint16
     return np.rint(np.clip(image, 0.0, 1.0) * top).astype(dtype)
+
+
+def as_written(sim: SimImage, cfg: SimConfig) -> np.ndarray:
+    """The image exactly as written to disk (quantised), scaled to [0, 1], without the info bar rows."""
+    top = (1 << cfg.image.bit_depth) - 1
+    return quantize(sim.image, cfg.image.bit_depth)[: cfg.image.height_px].astype(np.float32) / top
