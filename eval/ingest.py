@@ -17,10 +17,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import tifffile
 from scipy import ndimage
 
-from eval.reference import info_bar_start, zeiss_pixel_size_nm
+from eval.reference import info_bar_start, read_mask, read_sem_image
 from simulator.dataset import (
     CATEGORY,
     FORMAT_VERSION,
@@ -41,35 +40,6 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 class IngestReport:
     written: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
-
-
-def _fei_pixel_size_nm(tif: tifffile.TiffFile) -> float | None:
-    meta = tif.fei_metadata
-    try:
-        return float(meta["Scan"]["PixelWidth"]) * 1e9 if meta else None
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def read_sem_image(path: Path) -> tuple[np.ndarray, float | None, np.dtype]:
-    """(H, W) grayscale array as stored (integer or float), pixel size from metadata (nm) or None, dtype."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        with tifffile.TiffFile(path) as tif:
-            pixels = tif.pages[0].asarray()
-            pixel_size = zeiss_pixel_size_nm(tif) or _fei_pixel_size_nm(tif)
-    else:
-        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if pixels is None:
-            raise ValueError("not a readable image")
-        if pixels.ndim == 3:
-            pixels = pixels[..., ::-1]  # OpenCV reads BGR(A)
-        pixel_size = None
-    if pixels.ndim == 3:
-        rgb = pixels[..., :3].astype(np.float64)
-        pixels = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]).round().astype(pixels.dtype)
-    if pixels.ndim != 2:
-        raise ValueError(f"expected a 2-D grayscale or RGB image, got shape {pixels.shape}")
-    return pixels, pixel_size, pixels.dtype
 
 
 def mask_to_instances(mask: np.ndarray) -> np.ndarray:
@@ -151,11 +121,8 @@ def ingest(src: str | Path, out_dir: str | Path, *, pixel_size_nm: float | None 
         labels = None
         if mask_path is not None:
             try:
-                mask = tifffile.imread(mask_path) if mask_path.suffix.lower() in (".tif", ".tiff") else (
-                    cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED))
-                if mask is None:
-                    raise ValueError("not a readable image")
-            except Exception as err:
+                mask = read_mask(mask_path)
+            except Exception as err:  # as for images: reported and skipped
                 report.skipped.append((str(mask_path), f"unreadable mask ({err})"))
                 continue
             if mask.shape[:2] != pixels.shape:
