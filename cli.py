@@ -191,7 +191,7 @@ def preview(
 ) -> None:
     """Contact sheet of synthetic images next to real ones at the same scale, plus a statistics table
     (OUT.md) and the power spectra (OUT_spectrum.png) of real vs synthetic."""
-    from eval.compare import compare, criteria_met, markdown_table, preview_tiles, spectrum_plot
+    from eval.compare import compare, criteria_met, markdown_table, preview_tiles, simulate, spectrum_plot
     from eval.reference import DEFAULT_REFERENCE, load_reference
     from simulator.config import ConfigError, load_config
     from simulator.dataset import atomic_write_bytes, encode_png
@@ -206,9 +206,10 @@ def preview(
         real = load_reference(folder)
     except FileNotFoundError as err:
         _fail(f"{err} (pass --reference DIR)")
-    tiles = preview_tiles(cfg, [] if synthetic_only else real, n=n, seed=seed)
+    sims = simulate(cfg, max(n, n_stats), seed)
+    tiles = preview_tiles(cfg, [] if synthetic_only else real, sims[:n])
     atomic_write_bytes(out, encode_png(contact_sheet(tiles, columns=1 if synthetic_only else 2)))
-    result = compare(cfg, real, n_synthetic=n_stats, seed=seed)
+    result = compare(cfg, real, sims[:n_stats])
     table = markdown_table(result)
     table_path = out.with_suffix(".md")
     atomic_write_bytes(table_path, table.encode())

@@ -12,7 +12,7 @@ import numpy as np
 from eval.image_stats import image_statistics, radial_power_spectrum
 from eval.reference import ReferenceImage
 from simulator.config import SimConfig
-from simulator.pipeline import as_written, simulate_image
+from simulator.pipeline import SimImage, as_written, simulate_image
 
 # Statistics compared in the table: (key, label, unit, is a "done when" criterion of the realism check).
 TABLE_ROWS = (
@@ -38,14 +38,18 @@ class Comparison:
     n_real: int
 
 
-def compare(cfg: SimConfig, reference: list[ReferenceImage], *, n_synthetic: int, seed: int) -> Comparison:
-    """Median statistics and mean spectra of ``n_synthetic`` simulated images and of the reference images."""
+def simulate(cfg: SimConfig, n: int, seed: int) -> list[SimImage]:
+    """Images 0..n-1 of a run: simulated once, shared by the statistics and the contact sheet."""
+    return [simulate_image(cfg, seed, i) for i in range(n)]
+
+
+def compare(cfg: SimConfig, reference: list[ReferenceImage], sims: list[SimImage]) -> Comparison:
+    """Median statistics and mean spectra of the simulated images ``sims`` and of the reference images."""
     real = [r for r in reference if r.foreground is not None]
     if not real:
         raise ValueError("the reference images have no masks: statistics need the particle foreground")
     syn_rows, syn_spectra = [], []
-    for i in range(n_synthetic):
-        sim = simulate_image(cfg, seed, i)
+    for sim in sims:
         image = as_written(sim, cfg)
         foreground = sim.render.instance_id[: cfg.image.height_px] > 0
         syn_rows.append(image_statistics(image, foreground, cfg.image.pixel_size_nm))
@@ -141,18 +145,18 @@ def labelled_tile(image: np.ndarray, label: str, pixel_size_nm: float, bar_nm: f
 
 
 def preview_tiles(
-    cfg: SimConfig, reference: list[ReferenceImage], *, n: int, seed: int, crop_px: tuple[int, int] = (384, 512)
+    cfg: SimConfig, reference: list[ReferenceImage], sims: list[SimImage], crop_px: tuple[int, int] = (384, 512)
 ) -> list[np.ndarray]:
     """Tiles for a contact sheet: for each row, a synthetic crop and (if ``reference``) a real crop, both at
     their native pixel size (the same scale when the pixel sizes agree)."""
     px = cfg.image.pixel_size_nm
+    n = len(sims)
     picks = [reference[round(k * (len(reference) - 1) / max(n - 1, 1))] for k in range(n)] if reference else []
     tiles = []
-    for i in range(n):
-        sim = simulate_image(cfg, seed, i)
+    for i, sim in enumerate(sims):
         image = as_written(sim, cfg)
         window = busiest_crop(sim.render.instance_id[: cfg.image.height_px] > 0, *crop_px)
-        tiles.append(labelled_tile(image[window], f"synthetic #{i}", px))
+        tiles.append(labelled_tile(image[window], f"synthetic #{sim.index}", px))
         if picks:
             ref = picks[i]
             window = busiest_crop(ref.foreground if ref.foreground is not None else ref.image > 0.3, *crop_px)

@@ -10,11 +10,12 @@ and keeps the highest hit per pixel; normals are computed afterwards for the vis
 
 Ray-surface intersection: for ellipsoids the top root of a quadratic (exact). For perturbed bodies the surface
 lies between an inner and an outer scaled ellipsoid (``shell_in``, ``shell_out``); rays that enter the inner
-ellipsoid are bracketed between the two entry points, rays that only meet the outer shell are searched by
-``_RIM_SAMPLES`` samples down to the point of closest approach, and every bracket is refined by the Illinois
-(modified regula falsi) method to well below 0.01 nm. A ray that grazes a perturbed body in a chord shorter
-than (outer chord / _RIM_SAMPLES) can be missed; at the rim of a 20 px particle that is a sliver far thinner
-than a hundredth of a pixel.
+ellipsoid are bracketed between the two entry points; rays that only meet the outer shell are sampled at
+``RIM_SAMPLES`` points along the outer shell's whole chord (the body may bulge below its middle), and where F
+came within L h / 2 of zero (L a Lipschitz bound of F, h the sample spacing) a golden-section search looks for
+a dip between samples, so a missed ray is a true miss. Every bracket is refined by the Illinois (modified
+regula falsi) method until |F| < ``F_TOL`` (heights to about 1e-4 nm). ``tests/test_render.py`` checks hits
+against the implicit surface and misses against a dense brute-force march.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eval.compare import compare, criteria_met, markdown_table
+from eval.compare import compare, criteria_met, markdown_table, simulate
 from eval.image_stats import image_statistics, noise_std
 from eval.reference import DEFAULT_REFERENCE, info_bar_start, load_reference
 from simulator.config import SimConfig
@@ -40,5 +40,5 @@ def test_default_config_matches_the_reference_within_20_percent():
     reference = load_reference(DEFAULT_REFERENCE)
     assert len(reference) == 20 and reference[0].pixel_size_nm == pytest.approx(7.344)
     assert reference[0].image.shape == (712, 1024)  # the info bar is cut off
-    result = compare(SimConfig(), reference, n_synthetic=3, seed=0)
+    result = compare(SimConfig(), reference, simulate(SimConfig(), 3, seed=0))
     assert criteria_met(result), markdown_table(result)
