@@ -220,5 +220,149 @@ def preview(
     typer.echo("statistics within 20 % of the reference: " + ("yes" if criteria_met(result) else "NO"))
 
 
+def _progress(desc: str, total: int):
+    """A tqdm bar; returns (bar, per-item callback)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="img", desc=desc)
+    return bar, bar.update
+
+
+def _load_model(spec: str):
+    from eval.models import load_model
+
+    try:
+        return load_model(spec)
+    except (ValueError, FileNotFoundError, ImportError, AttributeError, TypeError) as err:
+        _fail(str(err))
+
+
+@app.command()
+def evaluate(
+    dataset: Path = typer.Option(..., "--dataset", help="Labelled dataset (simulate or ingest output)."),
+    model: str = typer.Option(..., "--model", help="watershed[:k=v,...] | unet:PATH | predictions:FILE.json | "
+                                                   "python:module:callable"),
+    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, per_image.csv and report.html."),
+    max_occluded_fraction: float = typer.Option(0.5, "--max-occluded-fraction", min=0.0, max=1.0,
+                                                help="True particles hidden beyond this are ignore regions."),
+    resamples: int = typer.Option(200, "--resamples", min=1, help="Bootstrap resamples over images."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Evaluate the first N images only."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed."),
+) -> None:
+    """Run a segmentation model on a labelled dataset; metrics with 95 % intervals (bootstrap over images)."""
+    from eval.evaluate import EvaluateConfig, read_coco
+    from eval.evaluate import evaluate as run_evaluate
+
+    cfg = EvaluateConfig(max_occluded_fraction=max_occluded_fraction, n_resamples=resamples, seed=seed,
+                         limit=limit)
+    seg = _load_model(model)
+    try:
+        n_images = sum(1 for im in read_coco(dataset)["images"] if im.get("label_file"))
+        bar, tick = _progress("segment", min(n_images, limit or n_images))
+        with bar:
+            result = run_evaluate(dataset, seg, out, cfg, on_image=tick)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    m = result["metrics"]
+    for key in ("AP", "AP50", "PQ", "DSC", "F1", "D50_rel_err"):
+        typer.echo(f"{key:>12}: {m[key]['value']:.4f}  [{m[key]['ci_low']:.4f}, {m[key]['ci_high']:.4f}]")
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'per_image.csv'}, {out / 'report.html'}")
+
+
+@app.command()
+def robustness(
+    sweep: Path = typer.Argument(..., help="Sweep config (TOML with [sweep]), e.g. configs/sweeps/robustness.toml."),
+    model: str = typer.Option(..., "--model", help="Model spec, as for evaluate."),
+    out: Path = typer.Option(..., "--out", help="Output folder; OUT/dataset holds the simulated sweep (reused)."),
+    measurand: str = typer.Option("D50_rel_err", "--measurand", help="Per-image error tested against tau: "
+                                  "D50_rel_err, or 1 - F1 style scores are not errors: use --tau on D50_rel_err."),
+    tau: float = typer.Option(0.1, "--tau", min=1e-9, help="An image passes when |measurand| <= tau."),
+    alpha: float = typer.Option(0.2, "--alpha", min=1e-6, max=0.999999, help="Levels need P(pass) >= 1 - alpha."),
+    confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999999,
+                                     help="Clopper-Pearson confidence."),
+    metric: str = typer.Option("F1", "--metric", help="Higher-is-better metric of the mPC/rPC table."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Simulation worker processes."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Dataset seed."),
+) -> None:
+    """Simulate a sweep, run a model, and state its operating range with Clopper-Pearson bounds."""
+    from eval.ranges import RangeCriterion
+    from eval.robustness import RobustnessConfig
+    from eval.robustness import robustness as run_robustness
+    from simulator.config import ConfigError
+
+    try:
+        cfg = RobustnessConfig(criterion=RangeCriterion(measurand=measurand, tau=tau, alpha=alpha,
+                                                        confidence=confidence),
+                               robustness_metric=metric, seed=seed, workers=workers)
+    except ValueError as err:
+        _fail(str(err))
+    seg = _load_model(model)
+    bars = []
+
+    def on_stage(name: str, total: int):
+        for bar in bars:
+            bar.close()
+        bar, tick = _progress(name, total)
+        bars.append(bar)
+        return tick
+
+    try:
+        result = run_robustness(sweep, seg, out, cfg, on_stage=on_stage)
+    except (FileNotFoundError, ValueError, ConfigError) as err:
+        _fail(str(err))
+    finally:
+        for bar in bars:
+            bar.close()
+    for r in result["statistics"].get("ranges", {}).values():
+        typer.echo(r["statement"])
+    typer.echo(f"wrote {out / 'robustness.json'}, {out / 'per_image.csv'}, {out / 'report.html'}")
+
+
+@app.command()
+def realism(
+    a: Path = typer.Argument(..., help="First image set: a dataset folder or a folder of SEM images."),
+    b: Path = typer.Argument(..., help="Second image set (resampled to A's pixel size)."),
+    out: Path = typer.Option(..., "--out", help="Folder for realism.json, realism.html and realism.png."),
+    pixel_size_nm: float = typer.Option(None, "--pixel-size-nm", min=1e-6,
+                                        help="Pixel size for images without metadata."),
+    steps: int = typer.Option(None, "--steps", min=1, help="C2ST training steps per fold."),
+    crop_px: int = typer.Option(None, "--crop-px", min=16, help="Crop size (multiple of 8)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """How distinguishable two image sets are: C2ST accuracy with a 95 % interval, KID, distances."""
+    import dataclasses
+
+    from eval.realism import RealismConfig, html_summary, load_image_set, summary_plot
+    from eval.realism import realism as run_realism
+    from simulator.dataset import atomic_write_bytes
+
+    try:
+        overrides = {k: v for k, v in (("steps", steps), ("crop_px", crop_px)) if v is not None}
+        cfg = dataclasses.replace(RealismConfig(), seed=seed, device=device, **overrides)
+        set_a = load_image_set(a, pixel_size_nm=pixel_size_nm)
+        set_b = load_image_set(b, pixel_size_nm=pixel_size_nm)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"A: {len(set_a.images)} images at {set_a.pixel_size_nm:.3f} nm/px; "
+               f"B: {len(set_b.images)} images at {set_b.pixel_size_nm:.3f} nm/px")
+    from tqdm import tqdm
+
+    with tqdm(total=2 * cfg.steps, desc="C2ST", unit="step") as bar:
+        try:
+            report = run_realism(set_a, set_b, cfg, on_step=lambda step, loss: (bar.update(),
+                                                                                bar.set_postfix(loss=f"{loss:.3f}")))
+        except ValueError as err:
+            _fail(str(err))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "realism.json", (json.dumps(report.to_json(), indent=1) + "\n").encode())
+    summary_plot(set_a, set_b, report, out / "realism.png")
+    atomic_write_bytes(out / "realism.html", html_summary(report, out / "realism.png").encode())
+    r = report.c2st
+    typer.echo(f"C2ST accuracy {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] (0.5 = indistinguishable); "
+               f"KID {report.kid:.4g} +- {report.kid_sd:.2g}")
+    typer.echo(f"wrote {out / 'realism.json'}, {out / 'realism.html'}")
+
+
 if __name__ == "__main__":
     app()
