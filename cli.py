@@ -364,5 +364,43 @@ def realism(
     typer.echo(f"wrote {out / 'realism.json'}, {out / 'realism.html'}")
 
 
+segment_app = typer.Typer(no_args_is_help=True, help="The built-in U-Net instance segmenter.")
+app.add_typer(segment_app, name="segment")
+
+
+@segment_app.command("train")
+def segment_train(
+    dataset: list[Path] = typer.Option(..., "--dataset", help="Labelled dataset folder(s); repeat to combine."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (use as --model unet:OUT)."),
+    steps: int = typer.Option(300, "--steps", min=1, help="Training steps (batches)."),
+    crop_px: int = typer.Option(256, "--crop-px", min=32, help="Training crop size (multiple of 32)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed", min=0),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint."),
+) -> None:
+    """Train the U-Net (foreground, boundary and distance maps + watershed) on labelled datasets."""
+    from tqdm import tqdm
+
+    from eval.unet import train_unet
+
+    with tqdm(total=steps, desc="train", unit="step") as bar:
+        def on_step(step, losses):
+            bar.n = step
+            bar.set_postfix(loss=f"{losses['total']:.3f}")
+            bar.refresh()
+
+        try:
+            result = train_unet(list(dataset), out, steps=steps, crop_px=crop_px, batch_size=batch_size, seed=seed,
+                                device=device, on_step=on_step, resume=resume, overwrite=overwrite)
+        except (FileNotFoundError, FileExistsError, ValueError) as err:
+            _fail(str(err))
+    typer.echo(f"trained {result.step} steps on {result.n_train_images} images ({result.seconds_per_step:.2f} s/step, "
+               f"{result.device}); loss {result.losses.get('total', float('nan')):.4f}"
+               + (f", held-out {result.val_losses['total']:.4f}" if result.val_losses else ""))
+    typer.echo(f"checkpoint: {out} (evaluate with --model unet:{out})")
+
+
 if __name__ == "__main__":
     app()
