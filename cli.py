@@ -327,6 +327,9 @@ def realism(
                                         help="Pixel size for images without metadata."),
     steps: int = typer.Option(None, "--steps", min=1, help="C2ST training steps per fold."),
     crop_px: int = typer.Option(None, "--crop-px", min=16, help="Crop size (multiple of 8)."),
+    ae_steps: int = typer.Option(None, "--ae-steps", min=1, help="Training steps of the KID feature network."),
+    normalize: str = typer.Option("image", "--normalize", help="image: C2ST and KID on images scaled by their own "
+                                  "1-99 percentiles (brightness/contrast are operator settings); none: raw."),
     seed: int = typer.Option(0, "--seed", min=0),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
@@ -338,8 +341,8 @@ def realism(
     from simulator.dataset import atomic_write_bytes
 
     try:
-        overrides = {k: v for k, v in (("steps", steps), ("crop_px", crop_px)) if v is not None}
-        cfg = dataclasses.replace(RealismConfig(), seed=seed, device=device, **overrides)
+        overrides = {k: v for k, v in (("steps", steps), ("crop_px", crop_px), ("ae_steps", ae_steps)) if v is not None}
+        cfg = dataclasses.replace(RealismConfig(), seed=seed, device=device, normalize=normalize, **overrides)
         set_a = load_image_set(a, pixel_size_nm=pixel_size_nm)
         set_b = load_image_set(b, pixel_size_nm=pixel_size_nm)
     except (FileNotFoundError, ValueError) as err:

@@ -52,10 +52,13 @@ class RealismConfig:
     ae_steps: int = 400
     kid_subset_size: int = 200
     kid_subsets: int = 50
+    normalize: str = "image"  # image: each image scaled by its own 1st-99th percentiles before C2ST and KID
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
+        if self.normalize not in ("image", "none"):
+            raise ValueError(f"normalize must be 'image' or 'none', got {self.normalize!r}")
         if self.crop_px < 16 or self.crop_px % 8:
             raise ValueError(f"crop_px must be a multiple of 8 and >= 16, got {self.crop_px!r}")
         for key in ("steps", "batch_size", "test_crops_per_image", "n_bootstrap", "ae_steps", "kid_subsets"):
@@ -350,9 +353,10 @@ def kid_score(a: ImageSet, b: ImageSet, cfg: RealismConfig) -> tuple[float, floa
     for images, fold in ((a.images, fa[1]), (b.images, fb[1])):
         crops = random_crops([images[i] for i in fold], max(cfg.kid_subset_size, 4 * len(fold)), cfg.crop_px, rng)
         feats.append(net.features(torch.from_numpy(crops)[:, None].to(cfg.device)).cpu().numpy().astype(np.float64))
-    scale = np.concatenate(feats).std(0) + 1e-8  # features in comparable units before the polynomial kernel
-    return kid(feats[0] / scale, feats[1] / scale, subset_size=cfg.kid_subset_size, n_subsets=cfg.kid_subsets,
-               rng=rng)
+    pooled = np.concatenate(feats)
+    centre, scale = pooled.mean(0), pooled.std(0) + 1e-8  # standardised features: the kernel's x.y/d is O(1)
+    return kid((feats[0] - centre) / scale, (feats[1] - centre) / scale, subset_size=cfg.kid_subset_size,
+               n_subsets=cfg.kid_subsets, rng=rng)
 
 
 # ----------------------------------------------------------------------------------------------- distances
@@ -425,11 +429,26 @@ class RealismReport:
         }
 
 
+def normalized(images: ImageSet) -> ImageSet:
+    """Each image scaled so that its 1st and 99th intensity percentiles map to 0.25 and 0.75."""
+    out = []
+    for im in images.images:
+        lo, hi = np.percentile(im, [1, 99])
+        out.append(((im - lo) / max(hi - lo, 1e-6) * 0.5 + 0.25).astype(np.float32))
+    return ImageSet(images.name, tuple(out), images.names, images.pixel_size_nm)
+
+
 def realism(a: ImageSet, b: ImageSet, cfg: RealismConfig = RealismConfig(), on_step=None) -> RealismReport:
-    """C2ST, KID and distances between two image sets; set B is resampled to A's pixel size."""
+    """C2ST, KID and distances between two image sets; set B is resampled to A's pixel size.
+
+    With ``cfg.normalize == "image"`` (default) C2ST and KID see every image scaled by its own intensity
+    percentiles: brightness and contrast are operator settings that differ from image to image in any real
+    set, and would otherwise dominate the classifier; they remain measured by the intensity distance.
+    """
     b = at_pixel_size(b, a.pixel_size_nm)
-    result = c2st(a, b, cfg, on_step)
-    kid_mean, kid_sd = kid_score(a, b, cfg)
+    na, nb = (normalized(a), normalized(b)) if cfg.normalize == "image" else (a, b)
+    result = c2st(na, nb, cfg, on_step)
+    kid_mean, kid_sd = kid_score(na, nb, cfg)
     return RealismReport(a.name, b.name, a.pixel_size_nm, result, kid_mean, kid_sd,
                          distances(a, b, seed=cfg.seed), cfg)
 
