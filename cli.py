@@ -274,6 +274,8 @@ def robustness(
     sweep: Path = typer.Argument(..., help="Sweep config (TOML with [sweep]), e.g. configs/sweeps/robustness.toml."),
     model: str = typer.Option(..., "--model", help="Model spec, as for evaluate."),
     out: Path = typer.Option(..., "--out", help="Output folder; OUT/dataset holds the simulated sweep (reused)."),
+    dataset: Path = typer.Option(None, "--dataset", help="Sweep dataset folder to use or create (default "
+                                 "OUT/dataset); share it to test several models on the same images."),
     measurand: str = typer.Option("D50_rel_err", "--measurand", help="Per-image error tested against tau: "
                                   "D50_rel_err, or 1 - F1 style scores are not errors: use --tau on D50_rel_err."),
     tau: float = typer.Option(0.1, "--tau", min=1e-9, help="An image passes when |measurand| <= tau."),
@@ -307,7 +309,7 @@ def robustness(
         return tick
 
     try:
-        result = run_robustness(sweep, seg, out, cfg, on_stage=on_stage)
+        result = run_robustness(sweep, seg, out, cfg, dataset_dir=dataset, on_stage=on_stage)
     except (FileNotFoundError, ValueError, ConfigError) as err:
         _fail(str(err))
     finally:

@@ -80,7 +80,7 @@ def error_crop(image: np.ndarray, true_ids: np.ndarray, pred_ids: np.ndarray, ma
     bgr[instance_boundaries(np.where(np.isin(true_ids[win], list(ignore_ids)), true_ids[win], 0))] = (220, 120, 0)
     bgr[instance_boundaries(np.where(np.isin(true_ids[win], list(ignore_ids)), 0, true_ids[win]))] = (0, 200, 0)
     bgr[instance_boundaries(pred_ids[win])] = (220, 0, 220)
-    return cv2.resize(bgr, (2 * side, 2 * side), interpolation=cv2.INTER_NEAREST)
+    return bgr
 
 
 def worst_gallery(predicted, matches, rows: list[dict], n: int = 4) -> str:
@@ -91,7 +91,7 @@ def worst_gallery(predicted, matches, rows: list[dict], n: int = 4) -> str:
         crop = error_crop(p.labelled.image, p.labelled.true_ids, p.pred_ids, matches[i], p.labelled.ignore_ids)
         r = rows[i]
         figures.append(
-            f"<figure><img src='{png_uri(crop)}' width=384><figcaption class=small>"
+            f"<figure><img src='{png_uri(crop)}' width=384 style='image-rendering:pixelated'><figcaption class=small>"
             f"{html.escape(r['file_name'])}: PQ {fmt(r['PQ'], 3)}, TP {r['tp']}, FP {r['fp']}, FN {r['fn']}, "
             f"splits {r['splits']}, merges {r['merges']}</figcaption></figure>"
         )
@@ -123,7 +123,7 @@ metrics {timing['metrics_s']:.1f} s.</p>
 <h2>Metrics</h2>{metrics_table(metrics, cfg.confidence)}
 <h2>Particle size distribution (ECD of counted particles)</h2>{psd}
 <h2>Worst images (by PQ)</h2>
-<p class=small>Crop with the most unmatched particles, 2x: true contours green, predicted magenta, ignored true
+<p class=small>Crop with the most unmatched particles, at 1.5x: true contours green, predicted magenta, ignored true
 particles blue.</p>{worst_gallery(predicted, matches, rows)}
 <h2>Per image</h2><table><tr>{''.join(f'<th>{k}</th>' for k in _ROW_KEYS)}</tr>{image_rows}</table>
 <h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=1, default=str))}</pre>

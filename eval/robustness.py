@@ -121,9 +121,12 @@ def point_metrics(predicted, cfg: EvaluateConfig) -> list[dict]:
 
 
 def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: RobustnessConfig = RobustnessConfig(), *,
+               dataset_dir: str | Path | None = None,
                on_stage: Callable[[str, int], Callable[[], None]] | None = None) -> dict:
     """Simulate (or reuse) the sweep, run the model, write robustness.json, per_image.csv and report.html.
 
+    dataset_dir: where the sweep's images are (simulated there unless complete; default OUT/dataset), so that
+        several models can be tested on the same images.
     on_stage(name, total) -> per-item callback: progress for "simulate" and "segment".
     """
     from eval.ranges import to_jsonable
@@ -135,7 +138,7 @@ def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: Robustne
     if sweep is None:
         raise ValueError(f"{sweep_toml}: no [sweep] section; robustness needs a sweep (docs/scaling.md)")
     n_images = len(expand(sweep, sim_cfg)) * sweep.images_per_point
-    dataset_dir = out_dir / "dataset"
+    dataset_dir = out_dir / "dataset" if dataset_dir is None else Path(dataset_dir)
     timing = {}
     start = time.perf_counter()
     progress = on_stage("simulate", n_images) if on_stage else None
