@@ -44,12 +44,12 @@ class ImageSet:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RealismConfig:
     crop_px: int = 64
-    steps: int = 600
-    batch_size: int = 64
+    steps: int = 300  # per fold
+    batch_size: int = 32
     learning_rate: float = 2e-3
     test_crops_per_image: int = 48
     n_bootstrap: int = 2000
-    ae_steps: int = 400
+    ae_steps: int = 200
     kid_subset_size: int = 200
     kid_subsets: int = 50
     normalize: str = "image"  # image: each image scaled by its own 1st-99th percentiles before C2ST and KID
