@@ -10,7 +10,8 @@ exact labels alike:
 ``fit`` starts from a base config, sets the size distribution and the aggregate sizes from the real data,
 then for a few rounds simulates, measures, and corrects each parameter multiplicatively by the ratio of the
 real to the simulated statistic it drives (diameter <- median ECD, number density <- coverage, yields <-
-levels, probe current <- noise, texture <- substrate std, edge gain <- rim/core ratio).
+levels, probe current <- noise, texture <- substrate std, edge gain <- rim/core ratio, probe blur <- edge
+width, in quadrature).
 """
 
 from __future__ import annotations
@@ -174,6 +175,10 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
             substrate_texture=_clip(sh.substrate_texture * texture_real / texture_sim, 0.0, 1.0),
             edge_gain=_clip(sh.edge_gain * edge_ratio, 0.0, 5.0),
         )
+        if np.isfinite(r["edge_width_nm"]) and np.isfinite(s["edge_width_nm"]):
+            # widths add in quadrature: w^2 = w_intrinsic^2 + sigma_probe^2
+            sigma2 = cfg.probe.sigma_nm**2 + r["edge_width_nm"] ** 2 - s["edge_width_nm"] ** 2
+            cfg = _replace(cfg, "probe", sigma_nm=_clip(float(np.sqrt(max(sigma2, 0.0))), 0.5, 50.0))
         noise_ratio = s["substrate_noise_std"] / r["substrate_noise_std"]
         cfg = _replace(cfg, "detector",
                        probe_current_pA=_clip(cfg.detector.probe_current_pA * noise_ratio**2, 0.01, 1e5))
@@ -191,6 +196,7 @@ REPORT_ROWS = (
     ("substrate_std", "substrate std (noise + texture)", "fraction of full scale", None),
     ("particle_mean", "particle mean", "fraction of full scale", None),
     ("rim_to_centre", "rim / core brightness", "ratio", None),
+    ("edge_width_nm", "effective edge blur (sigma of an equivalent step)", "nm", None),
 )
 
 

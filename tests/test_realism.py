@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from eval.compare import compare, criteria_met, markdown_table, simulate
-from eval.image_stats import image_statistics, noise_std
+from eval.image_stats import edge_width_nm, image_statistics, noise_std
 from eval.reference import DEFAULT_REFERENCE, info_bar_start, load_reference
 from simulator.config import SimConfig
 
@@ -29,6 +30,12 @@ def test_statistics_measure_what_they_claim():
     # Slow texture does not count as noise.
     ramp = image + np.linspace(0, 0.2, 300)[None, :]
     assert noise_std(ramp, ~foreground) == pytest.approx(0.01, rel=0.05)
+    # Edge width: a disk blurred by a Gaussian of sigma 2 px (10 nm) measures about 10 nm, and blur widens it.
+    yy, xx = np.mgrid[:200, :300]
+    disk = (np.hypot(yy - 100, xx - 150) < 40).astype(np.float32)
+    widths = [edge_width_nm(cv2.GaussianBlur(0.2 + 0.4 * disk, (0, 0), s), disk > 0.5, 5.0) for s in (1.0, 2.0, 4.0)]
+    assert widths[1] == pytest.approx(10.0, rel=0.15)
+    assert widths[0] < widths[1] < widths[2] and widths[2] == pytest.approx(20.0, rel=0.15)
     bar = np.ones((100, 50))
     bar[80:] = 0
     bar[85, :10] = 1
