@@ -46,9 +46,12 @@ def fmt(value, digits: int = 4) -> str:
     return html.escape(str(value))
 
 
-def png_uri(bgr: np.ndarray) -> str:
-    ok, buf = cv2.imencode(".png", bgr)
-    return data_uri(buf.tobytes())
+def jpeg_uri(bgr: np.ndarray, quality: int = 90) -> str:
+    """Photographic crops (noisy SEM texture) compress ~6x better as JPEG; the contours stay legible."""
+    import base64
+
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
 def metrics_table(metrics: dict, confidence: float) -> str:
@@ -91,7 +94,7 @@ def worst_gallery(predicted, matches, rows: list[dict], n: int = 4) -> str:
         crop = error_crop(p.labelled.image, p.labelled.true_ids, p.pred_ids, matches[i], p.labelled.ignore_ids)
         r = rows[i]
         figures.append(
-            f"<figure><img src='{png_uri(crop)}' width=384 style='image-rendering:pixelated'><figcaption class=small>"
+            f"<figure><img src='{jpeg_uri(crop)}' width=384 style='image-rendering:pixelated'><figcaption class=small>"
             f"{html.escape(r['file_name'])}: PQ {fmt(r['PQ'], 3)}, TP {r['tp']}, FP {r['fp']}, FN {r['fn']}, "
             f"splits {r['splits']}, merges {r['merges']}</figcaption></figure>"
         )

@@ -67,7 +67,8 @@ def dataset(tmp_path_factory) -> Path:
 def test_oracle_scores_one_and_watershed_writes_a_complete_report(dataset, tmp_path):
     plugin = tmp_path / "toy.py"
     plugin.write_text(TOY.format(dataset=str(dataset)))
-    result = evaluate(dataset, load_model(f"python:{plugin}:oracle"), tmp_path / "oracle", EvaluateConfig(n_resamples=20))
+    oracle = load_model(f"python:{plugin}:oracle")
+    result = evaluate(dataset, oracle, tmp_path / "oracle", EvaluateConfig(n_resamples=20))
     m = result["metrics"]
     for key in ("AP", "AP50", "PQ", "DSC", "F1"):
         assert m[key]["value"] == pytest.approx(1.0) and m[key]["ci_low"] == pytest.approx(1.0), key
@@ -80,12 +81,13 @@ def test_oracle_scores_one_and_watershed_writes_a_complete_report(dataset, tmp_p
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: NaN written as null
     assert 0.0 < metrics["metrics"]["F1"]["value"] < 1.0
-    assert metrics["metrics"]["F1"]["ci_low"] <= metrics["metrics"]["F1"]["value"] <= metrics["metrics"]["F1"]["ci_high"]
+    f1 = metrics["metrics"]["F1"]
+    assert f1["ci_low"] <= f1["value"] <= f1["ci_high"]
     assert metrics["provenance"]["annotations_sha256"] and metrics["provenance"]["model"]["spec"] == "watershed"
     lines = (out / "per_image.csv").read_text().splitlines()
     assert len(lines) == 1 + 3 and "file_name" in lines[0]
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 1 + 3  # PSD figure and the worst-case gallery
+    assert html.count("data:image/png;base64,") >= 1 and html.count("data:image/jpeg;base64,") == 3  # PSD, gallery
     assert "watershed" in html and "Provenance" in html
 
 
@@ -120,7 +122,7 @@ def test_robustness_recovers_a_known_failure_threshold(tmp_path):
     rng = operating_range(rows, cfg.criterion, "probe.sigma_nm", nominal={"probe.sigma_nm": 1.0})
     assert (rng.range_lo, rng.range_hi) == (1.0, 3.0)
     assert rng.upper.kind == "failure" and rng.upper.next_level == 5.0
-    assert (out / "report.html").read_text().count("data:image/png;base64,") >= 4
+    assert (out / "report.html").read_text().count("data:image/") >= 4 + 4  # figures and the gallery
     # Reuse: a second run finds the dataset complete and gives the same per-image results.
     again = robustness(sweep, load_model(f"python:{plugin}:blur_sensitive"), out, cfg)
     assert again["statistics"] == result["statistics"] and again["points"] == result["points"]
