@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,8 @@ def test_cli_realism_on_dataset_folders_and_bad_input(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "cli.py"), "realism", str(tmp_path / "a"), str(tmp_path / "b"), "--out",
            str(out), "--steps", "20", "--crop-px", "32", "--ae-steps", "10"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny networks: threads only add overhead
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "realism.json").read_text())
     assert 0.0 <= report["c2st_ci95"][0] <= report["c2st_accuracy"] <= report["c2st_ci95"][1] <= 1.0
