@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "e2e")
     parser.add_argument("--sweep", type=Path, default=ROOT / "configs" / "sweeps" / "robustness.toml")
     parser.add_argument("--train-images", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     out = args.out.resolve()
