@@ -35,7 +35,7 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:1.5em a
 table{border-collapse:collapse;margin:0.6em 0}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%}
 .small{font-size:0.85em;color:#555}.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0}
-code{background:#f5f5f5;padding:0 3px}"""
+code{background:#f5f5f5;padding:0 3px}pre{white-space:pre-wrap;word-break:break-all;font-size:0.8em}"""
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -175,11 +175,15 @@ def _robustness_table(table) -> str:
             f"{rows}</table>")
 
 
+def _factors_text(factors: dict) -> str:
+    return ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}" for k, v in factors.items())
+
+
 def _points_table(points: list[dict]) -> str:
     keys = ("AP50", "PQ", "F1", "D50_rel_err")
     head = "".join(f"<th>{k} [95 % CI]</th>" for k in keys)
     rows = "".join(
-        f"<tr><td>{p['point_id']}</td><td class=small>{html.escape(json.dumps(p['factors']))}</td>"
+        f"<tr><td>{p['point_id']}</td><td class=small>{html.escape(_factors_text(p['factors']))}</td>"
         f"<td class=num>{p['n_images']}</td>"
         + "".join(f"<td class=num>{fmt(p['metrics'][k]['value'], 3)} [{fmt(p['metrics'][k]['ci_low'], 3)}, "
                   f"{fmt(p['metrics'][k]['ci_high'], 3)}]</td>" for k in keys) + "</tr>"
@@ -216,7 +220,10 @@ def robustness_report(result: dict, stats: dict, predicted, overall: dict, cfg) 
                     "indices from the same sample.</p>")
         body.append(f"<img src='{plots.data_uri(plots.marginal_pass_figure(stats['marginals'], crit))}'>")
         body.append(f"<img src='{plots.data_uri(plots.pass_map_figure(stats['maps']))}'>")
-        body.append(f"<img src='{plots.data_uri(plots.sensitivity_figure(stats['sensitivity']))}'>")
+        if stats["sensitivity"]:
+            body.append(f"<img src='{plots.data_uri(plots.sensitivity_figure(stats['sensitivity']))}'>")
+        for note in stats["sensitivity_skipped"]:
+            body.append(f"<p class=small>Sensitivity not computed for {html.escape(note)}</p>")
         for s in stats["sensitivity"]:
             body.append(f"<p class=small>{html.escape(s.method)} on {html.escape(s.metric)}: "
                         f"{html.escape(s.note)}</p>")

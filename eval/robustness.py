@@ -96,11 +96,13 @@ def analyse(rows: list[ResultRow], mode: str, cfg: RobustnessConfig, log_scale=(
         out["maps"] = R.pass_maps(rows, crit, factors=factors, log_scale=log_scale)
         out["binned_curves"] = {m: R.binned_metric_curves(rows, m, log_scale=log_scale) for m in metrics}
         abs_rows = R.with_metric(rows, f"abs_{crit.measurand}", lambda m: abs(m[crit.measurand]))
-        out["sensitivity"] = [
-            R.given_data_indices(abs_rows, f"abs_{crit.measurand}", rng=np.random.default_rng(cfg.seed),
-                                 log_scale=log_scale),
-            R.given_data_indices(rows, "F1", rng=np.random.default_rng(cfg.seed), log_scale=log_scale),
-        ]
+        out["sensitivity"], out["sensitivity_skipped"] = [], []
+        for metric_rows, metric in ((abs_rows, f"abs_{crit.measurand}"), (rows, "F1")):
+            try:
+                out["sensitivity"].append(R.given_data_indices(metric_rows, metric, log_scale=log_scale,
+                                                               rng=np.random.default_rng(cfg.seed)))
+            except ValueError as err:  # too few samples for the estimator: say so in the report
+                out["sensitivity_skipped"].append(f"{metric}: {err}")
     out["factors"] = factors
     return out
 
