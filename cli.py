@@ -407,5 +407,81 @@ def segment_train(
     typer.echo(f"checkpoint: {out} (evaluate with --model unet:{out})")
 
 
+refine_app = typer.Typer(no_args_is_help=True, help="The learned sim-to-real refiner (labels never move).")
+app.add_typer(refine_app, name="refine")
+
+
+@refine_app.command("train")
+def refine_train(
+    synthetic: Path = typer.Option(..., "--synthetic", help="Simulated dataset (with label maps)."),
+    real: Path = typer.Option(..., "--real", help="Real images in the dataset layout (cli.py ingest); labels unused."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, samples, logs, generator.pt."),
+    steps: int = typer.Option(2000, "--steps", min=1, help="Training steps (budget)."),
+    crop_px: int = typer.Option(256, "--crop-px", min=16),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    sample_every: int = typer.Option(100, "--sample-every", min=1, help="Steps between sample grids."),
+    checkpoint_every: int = typer.Option(250, "--checkpoint-every", min=1,
+                                         help="Steps between checkpoints (each checked for label fidelity)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
+) -> None:
+    """Train a refiner that makes synthetic images look like the real ones without moving structures."""
+    import warnings
+
+    from tqdm import tqdm
+
+    from refiner.train import FidelityWarning, train
+
+    with tqdm(total=steps, desc="refine", unit="step") as bar:
+        def on_step(info):
+            bar.n = info.step
+            bar.set_postfix(d=f"{info.losses.get('d_loss', float('nan')):.3f}",
+                            g=f"{info.losses.get('g_adv', float('nan')):.3f}")
+            bar.refresh()
+            if info.evaluation is not None:
+                e = info.evaluation
+                bar.write(f"step {info.step}: label fidelity "
+                          + ("passed" if e.get("passed") else "FAILED") + f" {json.dumps(e, default=str)[:300]}")
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FidelityWarning)
+            try:
+                result = train(synthetic, real, out, steps=steps, crop_px=crop_px, batch_size=batch_size, seed=seed,
+                               device=device, resume=resume, on_step=on_step, sample_every=sample_every,
+                               checkpoint_every=checkpoint_every)
+            except (FileNotFoundError, FileExistsError, ValueError) as err:
+                _fail(str(err))
+    if result.selected_step is None:
+        typer.secho("no checkpoint passed the label-fidelity checks: no generator.pt was selected",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"{result.steps} steps ({result.seconds_per_step:.2f} s/step); selected generator: step "
+               f"{result.selected_step} -> {out / 'generator.pt'}")
+
+
+@refine_app.command("apply")
+def refine_apply(
+    run: Path = typer.Argument(..., help="Run folder written by refine train."),
+    input: Path = typer.Option(..., "--input", help="Simulated dataset to refine."),
+    out: Path = typer.Option(..., "--out", help="Refined dataset (annotations and labels copied unchanged)."),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="Another generator than RUN/generator.pt."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Refine every image of a dataset; annotations.json and labels/ stay byte-identical."""
+    from refiner.apply import apply
+
+    try:
+        n = sum(1 for _ in (input / "images").glob("*.png"))
+        bar, tick = _progress("refine", n)
+        with bar:
+            manifest = apply(run, input, out, overwrite=overwrite, device=device, checkpoint=checkpoint,
+                             on_image=lambda name: tick())
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"refined {(manifest.get('counts') or {}).get('images', n)} images into {out}/")
+
+
 if __name__ == "__main__":
     app()
