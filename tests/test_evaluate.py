@@ -178,3 +178,17 @@ def test_robustness_on_a_space_filling_design_gives_maps_and_sensitivities(tmp_p
     (by_error, by_f1) = stats["sensitivity"]
     s1 = dict(zip(by_error["factors"], by_error["indices"]["S1"], strict=True))
     assert s1["probe.sigma_nm"] > s1["aggregate.overlap"] + 0.3
+
+
+def test_report_opens_in_headless_chromium(dataset, tmp_path):
+    """Where Chromium and playwright are installed (bench/screenshot_report.py): no page or console error, every
+    embedded image decodes."""
+    pytest.importorskip("playwright", reason="playwright not installed (pip install playwright)")
+    sys.path.insert(0, str(ROOT))
+    from bench.screenshot_report import check_report, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip("no Chromium (apt-get install chromium)")
+    evaluate(dataset, load_model("watershed"), tmp_path, EvaluateConfig(n_resamples=10))
+    assert check_report(tmp_path / "report.html", tmp_path / "report.png") == []
+    assert (tmp_path / "report.png").stat().st_size > 10_000
