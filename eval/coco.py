@@ -103,6 +103,14 @@ def rle_encode_labels(labels: np.ndarray, ids: IdList = None) -> tuple[np.ndarra
     return ids, rles
 
 
+def rle_areas(rles: list[dict]) -> np.ndarray:
+    """Pixel counts of RLE masks. pycocotools 2.0.11's ``mask.area`` raises OverflowError for more than 255
+    masks in one call (real images here hold up to ~570 particles), so it is called in chunks."""
+    if not rles:
+        return np.zeros(0, np.uint32)
+    return np.concatenate([mask_utils.area(rles[i : i + 255]) for i in range(0, len(rles), 255)])
+
+
 # --------------------------------------------------------------------------------------------- COCOeval
 
 
@@ -121,7 +129,7 @@ def _coco(images: list[dict], annotations: list[dict]) -> COCO:
 def _annotations(rles: list[dict], image_id: int, first_id: int, **extra) -> list[dict]:
     if not rles:
         return []
-    areas = mask_utils.area(rles)
+    areas = rle_areas(rles)
     boxes = mask_utils.toBbox(rles)
     return [
         {

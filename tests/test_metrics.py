@@ -253,6 +253,16 @@ def test_max_dets_raised_above_instance_count():
     assert default.stats[0] < 0.7 and default.stats[1] < 0.7
 
 
+def test_images_with_more_than_255_particles():
+    """pycocotools' mask.area overflows above 255 masks per call; a real image holds up to ~570 particles."""
+    true = np.zeros((20 * 8, 20 * 8), np.int32)
+    for i in range(20):
+        for j in range(20):
+            true[i * 8 + 1 : i * 8 + 7, j * 8 + 1 : j * 8 + 7] = i * 20 + j + 1  # 400 particles
+    sample = ImageSample(true, relabel(true), PX_NM)
+    assert coco_metrics([sample]) == pytest.approx({"AP": 1.0, "AP50": 1.0, "AP75": 1.0, "AR": 1.0})
+
+
 def test_ignore_regions_are_neither_fn_nor_fp():
     shape = (60, 100)
     inner_a, inner_b = disk(shape, 30, 30, 9), disk(shape, 30, 60, 9)
