@@ -1,0 +1,270 @@
+"""Refiner benchmark: does the learned refiner make synthetic images more realistic without breaking labels?
+
+    1. simulate N training and M test images of a config (default configs/default.toml)
+    2. ingest the real reference set split by image: the first 14 for training, the last 6 held out
+       (symlinked source folders under OUT: the real images are never copied into the repository)
+    3. train the refiner (synthetic train vs real train), timing it
+    4. apply it to the synthetic test images
+    5. report: label fidelity on the test images (boundary F-score change, frozen-segmenter agreement) and
+       realism, C2ST accuracy of procedural vs held-out real and of refined vs held-out real (eval.realism;
+       skipped with a message when that module is missing), with the issue's targets.
+
+Run: python bench/bench_refiner.py [--steps 600] [--threads 1] [--out /tmp/semsynth-bench-refiner]
+Outputs (all under --out): datasets, the run folder (samples/, fidelity.jsonl, ...), report.md, report.json.
+The transfer experiment (a U-Net trained on refined vs unrefined images, tested on real ones) has a hook,
+``transfer_experiment``, that runs when eval.unet provides a trainer (--transfer).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _threads_from_argv(default: int = 1) -> int:
+    for i, arg in enumerate(sys.argv):
+        if arg == "--threads" and i + 1 < len(sys.argv):
+            return int(sys.argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return default
+
+
+# Thread limits must be set before numpy/torch are imported (other work shares the cores).
+_THREADS = _threads_from_argv()
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, str(_THREADS))
+
+import argparse
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+cv2.setNumThreads(_THREADS)
+torch.set_num_threads(_THREADS)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.ingest import find_pairs, ingest
+from eval.reference import DEFAULT_REFERENCE
+from refiner.apply import apply
+from refiner.data import load_dataset
+from refiner.fidelity import FidelityThresholds, default_segmenter, label_fidelity, mean_fidelity
+from refiner.train import FidelityWarning, RefinerConfig, StepInfo, train
+from simulator.config import load_config
+from simulator.dataset import write_dataset
+
+TARGET_C2ST_DROP = 0.1
+TARGET_C2ST_LEVEL = 0.65
+
+
+def split_reference(reference: Path, out: Path, n_train: int) -> tuple[Path, Path]:
+    """Ingest the first ``n_train`` reference images (sorted by name) and the rest as two datasets; the source
+    folders hold symlinks to the original files."""
+    pairs = find_pairs(reference)
+    if len(pairs) <= n_train:
+        raise SystemExit(f"{reference}: {len(pairs)} images, need more than --real-train {n_train}")
+    dirs = []
+    for name, part in (("real_train", pairs[:n_train]), ("real_heldout", pairs[n_train:])):
+        src = out / f"src_{name}"
+        shutil.rmtree(src, ignore_errors=True)
+        (src / "SEM").mkdir(parents=True)
+        (src / "masks").mkdir()
+        for image, mask in part:
+            (src / "SEM" / image.name).symlink_to(image.resolve())
+            if mask is not None:
+                (src / "masks" / mask.name).symlink_to(mask.resolve())
+        report = ingest(src, out / name, overwrite=True)
+        if report.skipped:
+            print(f"  {name}: skipped {report.skipped}", file=sys.stderr)
+        dirs.append(out / name)
+    return dirs[0], dirs[1]
+
+
+def test_fidelity(test_dir: Path, refined_dir: Path, segmenter, thresholds: FidelityThresholds) -> dict:
+    """Label fidelity of every refined test image against its unrefined original's labels."""
+    unrefined = load_dataset(test_dir, labels=True)
+    refined = load_dataset(refined_dir, labels=False)
+    results = [label_fidelity(u.image, r.image, u.labels, u.pixel_size_nm, segmenter, thresholds)
+               for u, r in zip(unrefined, refined, strict=True)]
+    mean = mean_fidelity(results, thresholds)
+    return {"mean": mean.as_dict(), "per_image": [r.as_dict() for r in results]}
+
+
+def realism_scores(procedural: Path, refined: Path, real_heldout: Path, seeds: list[int], steps: int) -> dict | None:
+    """C2ST accuracy (one test per seed: the seed sets the image folds and the classifier) and distances of the
+    procedural and of the refined test images against the held-out real images."""
+    try:
+        from eval.realism import RealismConfig, at_pixel_size, c2st, distances, load_image_set
+    except ImportError as err:
+        print(f"realism: eval.realism not available ({err}); C2ST skipped", file=sys.stderr)
+        return None
+    real = load_image_set(real_heldout)
+    out = {}
+    for name, folder in (("procedural", procedural), ("refined", refined)):
+        t0 = time.perf_counter()
+        images = load_image_set(folder)
+        real_here = at_pixel_size(real, images.pixel_size_nm)
+        runs = []
+        for seed in seeds:
+            result = c2st(images, real_here, RealismConfig(seed=seed, steps=steps))
+            runs.append({"seed": seed, "accuracy": result.accuracy, "ci95": [result.ci_low, result.ci_high]})
+            print(f"  C2ST {name} vs held-out real, seed {seed}: {result.accuracy:.3f} "
+                  f"[{result.ci_low:.3f}, {result.ci_high:.3f}]", file=sys.stderr, flush=True)
+        out[name] = {"c2st_accuracy": float(np.mean([r["accuracy"] for r in runs])), "runs": runs,
+                     "distances": distances(images, real_here, seed=seeds[0]), "seconds": time.perf_counter() - t0}
+    return out
+
+
+def transfer_experiment(refined_train: Path, procedural_train: Path, real_labelled: Path) -> dict | None:
+    """Hook for the transfer experiment: train one segmenter on refined and one on procedural images, test both
+    on labelled real images. Runs when eval.unet offers ``train_unet(dataset_dir, out_dir)``; else None."""
+    try:
+        from eval.unet import train_unet  # noqa: F401
+    except ImportError as err:
+        print(f"transfer: not available yet ({err})", file=sys.stderr)
+        return None
+    raise NotImplementedError("transfer experiment: wire eval.unet.train_unet here once its API is settled")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/semsynth-bench-refiner"))
+    ap.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "default.toml")
+    ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    ap.add_argument("--n-train", type=int, default=24, help="synthetic training images (+ 2 held out for checks)")
+    ap.add_argument("--n-test", type=int, default=8, help="synthetic test images (refined and scored)")
+    ap.add_argument("--real-train", type=int, default=14, help="first reference images used for training")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--crop-px", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--checkpoint-every", type=int, default=100)
+    ap.add_argument("--sample-every", type=int, default=100)
+    ap.add_argument("--c2st-steps", type=int, default=600)
+    ap.add_argument("--c2st-seeds", type=int, default=3, help="C2ST repeats (folds and classifier seeds)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--reuse", action="store_true", help="keep datasets already in --out (skip simulate/ingest)")
+    ap.add_argument("--resume", action="store_true", help="resume the training run in --out/run")
+    ap.add_argument("--transfer", action="store_true", help="also run the transfer experiment hook")
+    args = ap.parse_args()
+    if not (args.reference / "SEM").is_dir():
+        raise SystemExit(f"reference images not found at {args.reference} (pass --reference DIR)")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    t0 = time.perf_counter()
+    cfg = load_config(args.config)
+    syn_train, syn_test = out / "synthetic_train", out / "synthetic_test"
+    if not (args.reuse and (syn_train / "manifest.json").exists() and (syn_test / "manifest.json").exists()):
+        print(f"simulating {args.n_train + 2} training + {args.n_test} test images ...", file=sys.stderr)
+        write_dataset(syn_train, cfg, n_images=args.n_train + 2, seed=args.seed + 1, overwrite=True)
+        write_dataset(syn_test, cfg, n_images=args.n_test, seed=args.seed + 1000, overwrite=True)
+    real_train, real_heldout = out / "real_train", out / "real_heldout"
+    if not (args.reuse and (real_train / "manifest.json").exists() and (real_heldout / "manifest.json").exists()):
+        real_train, real_heldout = split_reference(args.reference, out, args.real_train)
+    timings["data_s"] = time.perf_counter() - t0
+
+    seg_name, segmenter = default_segmenter()
+    config = RefinerConfig()
+    run = out / "run"
+    if run.exists() and not args.resume:
+        shutil.rmtree(run)
+    print(f"training {args.steps} steps ({args.crop_px} px crops, batch {args.batch_size}, {args.threads} "
+          f"thread(s), segmenter: {seg_name}) -> {run}", file=sys.stderr)
+
+    def progress(info: StepInfo) -> None:
+        if info.step % 25 == 0 or info.step == info.steps:
+            loss = info.losses
+            print(f"  step {info.step:5d}/{info.steps}  {info.elapsed_s:7.0f} s  D {loss['d_loss']:.3f}  "
+                  f"G adv {loss['g_adv']:.3f}  content {loss['content']:.4f}  noise {loss['noise']:.3f}",
+                  file=sys.stderr, flush=True)
+        if info.evaluation is not None:
+            e = info.evaluation
+            f = e["fidelity"]
+            print(f"  checkpoint {info.step}: boundary F {f['boundary_f_unrefined']:.3f} -> "
+                  f"{f['boundary_f_refined']:.3f}, segmenter mIoU {f['segmenter_miou']:.3f}, appearance gap "
+                  f"{e['appearance']['gap']:.2f}, {'ok' if e['passed'] else 'FAILS FIDELITY'}",
+                  file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", FidelityWarning)
+        result = train(syn_train, real_train, run, steps=args.steps, crop_px=args.crop_px,
+                       batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
+                       on_step=progress, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
+                       config=config, segmenter=segmenter)
+    timings["train_s"] = time.perf_counter() - t0
+    timings["train_s_per_step"] = result.seconds_per_step
+    if result.selected_step is None:
+        raise SystemExit("no checkpoint passed the label-fidelity checks; see " + str(run / "fidelity.jsonl"))
+
+    t0 = time.perf_counter()
+    refined_test = out / "refined_test"
+    apply(run, syn_test, refined_test, overwrite=True, device=args.device)
+    timings["apply_s_per_image"] = (time.perf_counter() - t0) / args.n_test
+
+    t0 = time.perf_counter()
+    fidelity = test_fidelity(syn_test, refined_test, segmenter, config.fidelity)
+    timings["fidelity_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    realism = realism_scores(syn_test, refined_test, real_heldout,
+                             [args.seed + k for k in range(args.c2st_seeds)], args.c2st_steps)
+    timings["realism_s"] = time.perf_counter() - t0
+    transfer = transfer_experiment(out / "refined_train", syn_train, real_heldout) if args.transfer else None
+
+    f = fidelity["mean"]
+    rows = [
+        ("selected checkpoint (step)", f"{result.selected_step}"),
+        ("boundary F-score, unrefined test images", f"{f['boundary_f_unrefined']:.3f}"),
+        ("boundary F-score, refined test images", f"{f['boundary_f_refined']:.3f}"),
+        ("boundary F change (target: within +-0.02)",
+         f"{f['boundary_f_change']:+.4f} ({'met' if abs(f['boundary_f_change']) <= 0.02 else 'NOT met'})"),
+        (f"frozen segmenter ({seg_name}) mIoU unrefined vs refined (target >= 0.95)",
+         f"{f['segmenter_miou']:.4f} ({'met' if f['segmenter_miou'] >= 0.95 else 'NOT met'})"),
+        ("  foreground IoU / pixel agreement", f"{f['segmenter_foreground_iou']:.4f} / "
+                                               f"{f['segmenter_pixel_agreement']:.4f}"),
+    ]
+    if realism is not None:
+        a0, a1 = realism["procedural"]["c2st_accuracy"], realism["refined"]["c2st_accuracy"]
+        met = (a0 - a1 >= TARGET_C2ST_DROP) or a1 <= TARGET_C2ST_LEVEL
+        each = {k: ", ".join(f"{r['accuracy']:.3f}" for r in realism[k]["runs"]) for k in ("procedural", "refined")}
+        n = args.c2st_seeds
+        rows += [
+            (f"C2ST accuracy, procedural vs held-out real (mean of {n} seeds)", f"{a0:.3f} ({each['procedural']})"),
+            (f"C2ST accuracy, refined vs held-out real (mean of {n} seeds)", f"{a1:.3f} ({each['refined']})"),
+            (f"C2ST drop (target >= {TARGET_C2ST_DROP} or refined <= {TARGET_C2ST_LEVEL})",
+             f"{a0 - a1:+.3f} ({'met' if met else 'NOT met'})"),
+        ]
+        for key in ("intensity_w1", "gradient_w1_per_nm", "spectrum_rms_log10"):
+            rows.append((f"{key}: procedural / refined vs real",
+                         f"{realism['procedural']['distances'][key]:.4g} / {realism['refined']['distances'][key]:.4g}"))
+    else:
+        rows.append(("C2ST", "skipped (eval.realism missing)"))
+    rows += [
+        ("training time (s), per step", f"{timings['train_s']:.0f}, {timings['train_s_per_step']:.2f}"),
+        ("apply (s per 1024 x 768 image)", f"{timings['apply_s_per_image']:.2f}"),
+        ("threads, device", f"{args.threads}, {args.device}"),
+    ]
+    table = "| quantity | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+    (out / "report.md").write_text(table)
+    (out / "report.json").write_text(json.dumps({
+        "args": {k: str(v) for k, v in vars(args).items()}, "segmenter": seg_name, "timings": timings,
+        "selected_step": result.selected_step, "checkpoints": [
+            {"step": e["step"], "passed": e["passed"], "selected": e["selected"], "fidelity": e["fidelity"],
+             "appearance": e["appearance"]} for e in result.evaluations],
+        "test_fidelity": fidelity, "realism": realism, "transfer": transfer,
+    }, indent=1))
+    print(table)
+    print(f"report: {out / 'report.md'}, samples: {run / 'samples'}")
+
+
+if __name__ == "__main__":
+    main()

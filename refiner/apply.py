@@ -1,0 +1,153 @@
+"""Applying a trained refiner to a dataset: new pixels, the same labels.
+
+    apply(RUN, INPUT, OUT):
+        OUT/images/<same names>   refined images, same size and bit depth
+        OUT/annotations.json      copied byte for byte, as are OUT/labels/*, OUT/records/* and OUT/run.json
+        OUT/manifest.json         the refiner (run folder, config, checkpoint SHA-256, step, its fidelity), the
+                                  input's manifest, and the input's counts (so ``cli.py check OUT`` passes)
+Every file is written under a temporary name and renamed; the manifest comes last, so a folder with a manifest
+is complete. Each image is refined with its own noise stream (root ``seed``, image index), so the output does
+not depend on the order or the device.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from refiner.data import condition_channels, read_coco_images, read_png
+from refiner.nets import image_noise, refine_array
+from refiner.train import load_generator, resolve_device, sha256_file
+from simulator.dataset import atomic_write_json, package_versions, write_png
+
+_COPIED_FILES = ("annotations.json", "run.json")
+_COPIED_DIRS = ("labels", "records")
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        with open(src, "rb") as fin, open(fd, "wb", closefd=True) as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        shutil.copymode(src, tmp)
+        Path(tmp).replace(dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _prepare_out(out_dir: Path, input_dir: Path, overwrite: bool) -> None:
+    if out_dir.resolve() == input_dir.resolve():
+        raise ValueError(f"out_dir {out_dir} is the input folder; write the refined dataset elsewhere")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir}: not empty; pass overwrite=True (--overwrite) to replace it")
+        if not (out_dir / "annotations.json").exists() and not (out_dir / "manifest.json").exists():
+            raise FileExistsError(f"{out_dir}: not empty and not a dataset; refusing to overwrite it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def apply(
+    run_dir: str | Path,
+    input_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    device: str = "auto",
+    checkpoint: str | Path | None = None,
+    seed: int = 0,
+    on_image: Callable[[str], None] | None = None,
+) -> dict:
+    """Refine every image of the dataset ``input_dir`` with the refiner trained in ``run_dir`` into ``out_dir``;
+    returns the manifest written.
+
+    checkpoint: None = RUN/generator.pt (the selected, fidelity-checked generator), or a path (e.g.
+    RUN/generators/step_001000.pt) to use another one.
+    """
+    run_dir, input_dir, out_dir = Path(run_dir), Path(input_dir), Path(out_dir)
+    if checkpoint is None:
+        ckpt = run_dir / "generator.pt"
+        if not ckpt.exists():
+            raise FileNotFoundError(
+                f"{ckpt}: missing; either training has not reached a checkpoint or no checkpoint passed the "
+                f"label-fidelity checks (see {run_dir / 'fidelity.jsonl'}); pass checkpoint= to force one")
+    else:
+        ckpt = Path(checkpoint)
+        if not ckpt.exists():
+            raise FileNotFoundError(f"{ckpt}: no such checkpoint")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed!r}")
+    dev = resolve_device(device)
+    records = read_coco_images(input_dir)
+    gen, meta = load_generator(ckpt, dev)
+    if gen.cfg.condition:
+        missing = [r["file_name"] for r in records if not r.get("label_file")]
+        if missing:
+            raise ValueError(f"{input_dir}: images {missing[:3]} have no label map, but this refiner is "
+                             "conditioned on labels (simulate with output.label_maps = true)")
+    _prepare_out(out_dir, input_dir, overwrite)
+
+    for name in _COPIED_FILES:
+        if (input_dir / name).exists():
+            _atomic_copy(input_dir / name, out_dir / name)
+    for sub in _COPIED_DIRS:
+        for src in sorted((input_dir / sub).glob("*")) if (input_dir / sub).is_dir() else []:
+            if src.is_file() and not src.name.endswith(".tmp"):
+                _atomic_copy(src, out_dir / sub / src.name)
+
+    for index, rec in enumerate(records):
+        image, bits = read_png(input_dir / "images" / rec["file_name"])
+        cond = None
+        if gen.cfg.condition:
+            labels = cv2.imread(str(input_dir / rec["label_file"]), cv2.IMREAD_UNCHANGED)
+            if labels is None or labels.shape != image.shape:
+                raise ValueError(f"{input_dir / rec['label_file']}: missing or not the size of its image "
+                                 f"{image.shape}")
+            cond = condition_channels(labels.astype(np.int32))
+        refined = refine_array(gen, image, cond, image_noise(image.shape, seed, index), device=dev)
+        top = (1 << bits) - 1
+        pixels = np.rint(np.clip(refined, 0, 1) * top).astype(np.uint8 if bits == 8 else np.uint16)
+        target = out_dir / "images" / rec["file_name"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_png(target, pixels)
+        if on_image is not None:
+            on_image(rec["file_name"])
+
+    source_manifest = None
+    if (input_dir / "manifest.json").exists():
+        source_manifest = json.loads((input_dir / "manifest.json").read_text())
+    manifest = {
+        "generator": "semsynth refine apply",
+        "format_version": (source_manifest or {}).get("format_version", 1),
+        "refiner": {
+            "run_dir": str(run_dir.resolve()),
+            "checkpoint": str(ckpt.resolve()),
+            "checkpoint_sha256": sha256_file(ckpt),
+            "step": meta.get("step"),
+            "config": meta.get("config"),
+            "fidelity": meta.get("fidelity"),
+            "appearance": meta.get("appearance"),
+        },
+        "noise_seed": seed,
+        "source": str(input_dir.resolve()),
+        "source_manifest": source_manifest,
+        "n_images": len(records),
+        "counts": (source_manifest or {}).get("counts"),
+        "packages": {**package_versions(), "torch": _torch_version()},
+    }
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

@@ -1,0 +1,360 @@
+"""The refiner's generator (label-preserving by construction) and its PatchGAN discriminator.
+
+Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) + m * b * tanh(s(...))) + o, 0, 1)
+    T  a learned monotone tone curve (piecewise linear, strictly increasing): global contrast/gamma, which can
+       change how bright a structure is but never where it is;
+    f  a few 3x3 convolutions: a local residual whose receptive field is (2 * n_layers + 1) px, bounded in
+       amplitude by ``residual_max``; it sees the image, the label conditioning (foreground, instance
+       boundaries, both from the dataset's label map) and white noise z, so it can reshape noise texture and
+       edge profiles, but cannot move a structure further than its receptive radius (and the content loss,
+       a penalty on the low-passed residual, keeps it from trying);
+    s  substrate texture (optional, needs the conditioning): dilated 3x3 convolutions at half resolution on
+       the image, noise and foreground (receptive field ~80 px: residues, stains), high-passed (no local
+       mean: it adds detail, not brightness), bounded by ``texture_max`` (well below particle contrast) and
+       multiplied by a mask m that is exactly zero within
+       ``texture_margin_px`` of any labelled particle: it can only change what the labels call substrate;
+    g, o  a per-image gain and offset, log g ~ N(0, sg^2) and o ~ N(0, so^2) with learned spreads: real images
+       differ from each other in brightness and contrast (the reference set's substrate level ranges over a
+       factor of 3), simulated ones barely; a positive affine map moves no edge.
+All start as the identity (zero last layers, identity curve), the spreads at 20 % of their bounds.
+
+Discriminator: a PatchGAN: one full-resolution 3x3 convolution (so pixel noise is seen unaliased), then strided
+4x4 convolutions with BatchNorm (or spectral normalisation); one logit per patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from refiner.data import N_CONDITION_CHANNELS
+from refiner.losses import low_pass
+
+TEXTURE_HIGHPASS_SIGMA_PX = 3.0  # the substrate texture keeps only detail finer than this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratorConfig:
+    condition: bool = True  # foreground + boundary channels from the label map
+    width: int = 16  # channels of the hidden 3x3 convolutions
+    n_layers: int = 4  # 3x3 convolutions: receptive field 2 * n_layers + 1 px
+    residual_max: float = 0.3  # bound of the local residual, fraction of full scale
+    tone_knots: int = 17  # knots of the monotone tone curve on [0, 1]
+    min_tone_slope: float = 0.2  # the tone curve's slope never falls below this: contrast cannot vanish
+    texture: bool = True  # substrate texture branch (needs condition=True)
+    texture_width: int = 12
+    texture_dilations: tuple[int, ...] = (1, 2, 4, 8, 1)  # at half resolution
+    texture_max: float = 0.08  # bound of the substrate texture, fraction of full scale
+    texture_margin_px: int = 2  # the texture is exactly zero this close (Chebyshev) to a labelled particle
+    per_image: bool = True  # random per-image gain and offset with learned spreads
+    max_log_gain_std: float = 0.5  # bounds of the learned spreads
+    max_offset_std: float = 0.1
+
+    def __post_init__(self):
+        if self.texture and not self.condition:
+            raise ValueError("generator.texture needs generator.condition = True (it is masked by the labels)")
+        if self.texture_width < 1 or not self.texture_dilations or min(self.texture_dilations) < 1:
+            raise ValueError(f"generator.texture_width and texture_dilations must be positive, got "
+                             f"{self.texture_width!r}, {self.texture_dilations!r}")
+        if not 0 <= self.texture_max <= 0.5:
+            raise ValueError(f"generator.texture_max must be in [0, 0.5], got {self.texture_max!r}")
+        if not (0 < self.max_log_gain_std <= 2 and 0 < self.max_offset_std <= 0.5):
+            raise ValueError(f"generator.max_log_gain_std must be in (0, 2] and max_offset_std in (0, 0.5], got "
+                             f"{self.max_log_gain_std!r}, {self.max_offset_std!r}")
+        if self.texture_margin_px < 0:
+            raise ValueError(f"generator.texture_margin_px must be >= 0, got {self.texture_margin_px!r}")
+        if self.width < 1:
+            raise ValueError(f"generator.width must be >= 1, got {self.width!r}")
+        if self.n_layers < 2:
+            raise ValueError(f"generator.n_layers must be >= 2, got {self.n_layers!r}")
+        if not 0 <= self.residual_max <= 1:
+            raise ValueError(f"generator.residual_max must be in [0, 1], got {self.residual_max!r}")
+        if self.tone_knots < 2:
+            raise ValueError(f"generator.tone_knots must be >= 2, got {self.tone_knots!r}")
+        if not 0 <= self.min_tone_slope < 1:
+            raise ValueError(f"generator.min_tone_slope must be in [0, 1), got {self.min_tone_slope!r}")
+
+    @property
+    def in_channels(self) -> int:
+        return 2 + (N_CONDITION_CHANNELS if self.condition else 0)  # image, noise, [conditioning]
+
+    @property
+    def receptive_radius_px(self) -> int:
+        """An output pixel depends on input pixels at most this far away (Chebyshev distance)."""
+        if not self.texture:
+            return self.n_layers
+        # half resolution, pooling and upsampling, then the high-pass (Gaussian kernel radius 3 sigma)
+        texture = 2 * sum(self.texture_dilations) + 4 + round(3 * TEXTURE_HIGHPASS_SIGMA_PX)
+        return max(self.n_layers, texture, self.texture_margin_px + 4)
+
+    @property
+    def tile_alignment_px(self) -> int:
+        """Tiles must start at multiples of this (the texture branch pools 2 x 2)."""
+        return 2 if self.texture else 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiscriminatorConfig:
+    full_res_width: int = 8  # a 3x3 convolution at full resolution first (pixel noise, edge profiles); 0 = none
+    channels: tuple[int, ...] = (16, 32, 64, 64)  # one strided 4x4 conv each
+    norm: str = "batch"  # "batch" (BatchNorm after every strided conv), "spectral" (spectral norm), "none"
+    input_gain: float = 4.0  # the input is (x - 0.5) * input_gain: SEM substrate detail is a few % of full scale
+
+    def __post_init__(self):
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"discriminator.channels must be positive, got {self.channels!r}")
+        if self.full_res_width < 0:
+            raise ValueError(f"discriminator.full_res_width must be >= 0, got {self.full_res_width!r}")
+        if self.norm not in ("batch", "spectral", "none"):
+            raise ValueError(f"discriminator.norm must be 'batch', 'spectral' or 'none', got {self.norm!r}")
+        if not self.input_gain > 0:
+            raise ValueError(f"discriminator.input_gain must be > 0, got {self.input_gain!r}")
+
+    @property
+    def receptive_field_px(self) -> int:
+        rf, jump = (3 if self.full_res_width else 1), 1
+        for _ in self.channels:
+            rf, jump = rf + 3 * jump, jump * 2
+        return rf + 2 * jump  # final 3x3
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorOut:
+    refined: torch.Tensor  # (B, 1, H, W) in [0, 1]
+    toned: torch.Tensor  # (B, 1, H, W): the tone curve alone, T(x)
+    residual: torch.Tensor  # (B, 1, H, W): the local residual a * tanh(f(...)), before clipping
+    texture: torch.Tensor  # (B, 1, H, W): the masked substrate texture (zeros without the branch)
+    gain: torch.Tensor  # (B,) per-image gain g
+    offset: torch.Tensor  # (B,) per-image offset o
+
+
+@dataclass(frozen=True, slots=True)
+class RefinerNoise:
+    """The generator's random inputs for a batch: per-pixel white noise and the per-image latent."""
+
+    pixels: torch.Tensor  # (B, 1, H, W) standard normal
+    latent: torch.Tensor  # (B, 2) standard normal: log-gain and offset draws
+
+    @staticmethod
+    def draw(shape: tuple[int, ...], generator: torch.Generator) -> RefinerNoise:
+        """Noise for a batch of shape (B, 1, H, W), drawn on the CPU from ``generator``."""
+        latent = torch.randn((shape[0], 2), generator=generator)
+        return RefinerNoise(torch.randn(shape, generator=generator), latent)
+
+    def to(self, device) -> RefinerNoise:
+        return RefinerNoise(self.pixels.to(device), self.latent.to(device))
+
+
+def substrate_mask(foreground: torch.Tensor, margin_px: int) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1]: 0 within ``margin_px`` (Chebyshev) of a foreground pixel, rising to 1 over the
+    next 4 px (the foreground dilated by margin + 2, then two 3 x 3 box filters)."""
+    grow = margin_px + 2
+    near = nn.functional.max_pool2d(foreground, 2 * grow + 1, stride=1, padding=grow)
+    m = 1.0 - near
+    for _ in range(2):
+        m = nn.functional.avg_pool2d(m, 3, stride=1, padding=1, count_include_pad=False)
+    return m * (1.0 - near)  # the box filters must not leak texture into the dilated zone
+
+
+class SubstrateTexture(nn.Module):
+    """Dilated 3x3 convolutions at half resolution: (image, noise, foreground) -> texture in (-1, 1)."""
+
+    def __init__(self, width: int, dilations: tuple[int, ...]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for d in dilations[:-1]:
+            layers += [nn.Conv2d(c_in, width, 3, padding=d, dilation=d, padding_mode="replicate"), nn.LeakyReLU(0.2)]
+            c_in = width
+        d = dilations[-1]
+        last = nn.Conv2d(c_in, 1, 3, padding=d, dilation=d, padding_mode="replicate")
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        pool = lambda t: nn.functional.avg_pool2d(t, 2, ceil_mode=True)  # noqa: E731
+        inputs = torch.cat([2 * pool(x) - 1, 2 * pool(noise), pool(foreground)], dim=1)
+        out = nn.functional.interpolate(self.net(inputs), scale_factor=2, mode="bilinear", align_corners=False)
+        u = torch.tanh(out[..., :h, :w])
+        # Detail only: without its local mean the texture cannot brighten or darken the substrate as a whole
+        # (which, masked near particles, would draw halos around them); levels are the tone curve's job.
+        return 0.5 * (u - low_pass(u, TEXTURE_HIGHPASS_SIGMA_PX))
+
+
+class ToneCurve(nn.Module):
+    """Strictly increasing piecewise-linear map of [0, 1] with evenly spaced knots (identity at start)."""
+
+    def __init__(self, knots: int, min_slope: float):
+        super().__init__()
+        self.knots = knots
+        self.min_slope = min_slope
+        start = (1.0 - min_slope) / (knots - 1)  # softplus(raw) = start gives slope 1 everywhere
+        self.raw = nn.Parameter(torch.full((knots - 1,), float(torch.log(torch.expm1(torch.tensor(start))))))
+        self.offset = nn.Parameter(torch.zeros(()))
+
+    def values(self) -> torch.Tensor:
+        """(knots,) curve values at x = 0, 1/(k-1), ..., 1."""
+        steps = nn.functional.softplus(self.raw) + self.min_slope / (self.knots - 1)
+        return self.offset + torch.cat([steps.new_zeros(1), torch.cumsum(steps, 0)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.values()
+        pos = x.clamp(0, 1) * (self.knots - 1)
+        idx = pos.floor().clamp(max=self.knots - 2).long()
+        frac = pos - idx
+        return y[idx] + frac * (y[idx + 1] - y[idx])
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GeneratorConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tone = ToneCurve(cfg.tone_knots, cfg.min_tone_slope)
+        layers: list[nn.Module] = []
+        c_in = cfg.in_channels
+        for _ in range(cfg.n_layers - 1):
+            layers += [nn.Conv2d(c_in, cfg.width, 3, padding=1, padding_mode="replicate"), nn.LeakyReLU(0.2)]
+            c_in = cfg.width
+        last = nn.Conv2d(c_in, 1, 3, padding=1, padding_mode="replicate")
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.local = nn.Sequential(*layers, last)
+        self.texture = SubstrateTexture(cfg.texture_width, cfg.texture_dilations) if cfg.texture else None
+        # Spreads s = bound * sigmoid(raw), starting at 20 % of their bound.
+        start = float(torch.logit(torch.tensor(0.2)))
+        self.raw_spread = nn.Parameter(torch.full((2,), start)) if cfg.per_image else None
+
+    def spreads(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(std of log gain, std of offset) of the per-image appearance (zeros when disabled)."""
+        if self.raw_spread is None:
+            zero = self.tone.offset.new_zeros(())
+            return zero, zero
+        s = torch.sigmoid(self.raw_spread)
+        return self.cfg.max_log_gain_std * s[0], self.cfg.max_offset_std * s[1]
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, noise: RefinerNoise) -> GeneratorOut:
+        """x: (B, 1, H, W) in [0, 1]; condition: (B, C, H, W) (C = 0 when unconditioned); noise: its random
+        inputs (``RefinerNoise.draw`` or ``image_noise``)."""
+        if not isinstance(noise, RefinerNoise):
+            raise TypeError(f"noise must be a RefinerNoise, got {type(noise).__name__}")
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"x must be (B, 1, H, W), got {tuple(x.shape)}")
+        expected = N_CONDITION_CHANNELS if self.cfg.condition else 0
+        if condition.shape[1] != expected or condition.shape[-2:] != x.shape[-2:]:
+            raise ValueError(f"condition must be (B, {expected}, {x.shape[-2]}, {x.shape[-1]}), "
+                             f"got {tuple(condition.shape)}")
+        if noise.pixels.shape != x.shape or noise.latent.shape != (x.shape[0], 2):
+            raise ValueError(f"noise must be pixels {tuple(x.shape)} and latent ({x.shape[0]}, 2), got "
+                             f"{tuple(noise.pixels.shape)} and {tuple(noise.latent.shape)}")
+        z = noise.pixels
+        toned = self.tone(x)
+        inputs = torch.cat([2 * x - 1, z, condition], dim=1)
+        residual = self.cfg.residual_max * torch.tanh(self.local(inputs))
+        if self.texture is None:
+            texture = torch.zeros_like(x)
+        else:
+            foreground = condition[:, :1]
+            texture = (self.cfg.texture_max * substrate_mask(foreground, self.cfg.texture_margin_px)
+                       * self.texture(x, z, foreground))
+        s_gain, s_offset = self.spreads()
+        gain = torch.exp(s_gain * noise.latent[:, 0])
+        offset = s_offset * noise.latent[:, 1]
+        refined = (gain[:, None, None, None] * (toned + residual + texture) + offset[:, None, None, None]).clamp(0, 1)
+        return GeneratorOut(refined=refined, toned=toned, residual=residual, texture=texture, gain=gain,
+                            offset=offset)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: DiscriminatorConfig):
+        super().__init__()
+        self.cfg = cfg
+
+        def conv(c_in: int, c_out: int, k: int, stride: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, k, stride=stride, padding=1)
+            return spectral_norm(layer) if cfg.norm == "spectral" else layer
+
+        layers: list[nn.Module] = []
+        c_in = 1
+        if cfg.full_res_width:
+            layers += [conv(1, cfg.full_res_width, 3, 1), nn.LeakyReLU(0.2)]
+            c_in = cfg.full_res_width
+        for c in cfg.channels:
+            layers.append(conv(c_in, c, 4, 2))
+            if cfg.norm == "batch":
+                layers.append(nn.BatchNorm2d(c))
+            layers.append(nn.LeakyReLU(0.2))
+            c_in = c
+        layers.append(conv(c_in, 1, 3, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, H, W) in [0, 1] -> (B, 1, H / 2^n, W / 2^n) patch logits."""
+        return self.net((x - 0.5) * self.cfg.input_gain)
+
+
+def build_networks(g_cfg: GeneratorConfig, d_cfg: DiscriminatorConfig, seed: int) -> tuple[Generator, Discriminator]:
+    """Both networks with weights drawn from ``seed`` (the global torch RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Generator(g_cfg), Discriminator(d_cfg)
+
+
+def image_noise(shape: tuple[int, int], seed: int, index: int) -> RefinerNoise:
+    """Noise for image ``index`` of a refinement run with root ``seed``: (1, 1, H, W) pixels and (1, 2) latent,
+    drawn on the CPU from ``SeedSequence(seed, spawn_key=(index,))``, so every device and tiling refines an
+    image the same way."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence(seed, spawn_key=(index,)).generate_state(1)[0]))
+    return RefinerNoise.draw((1, 1, *shape), g)
+
+
+@torch.no_grad()
+def refine_array(generator: Generator, image: np.ndarray, condition: np.ndarray | None, noise: RefinerNoise, *,
+                 device: str | torch.device = "cpu", tile_px: int = 512) -> np.ndarray:
+    """Refine a whole (H, W) float32 [0, 1] image, tile by tile.
+
+    Tiles of ``tile_px`` are extended by the generator's receptive radius on every side (clipped at the image
+    border) and only their core is kept, so the result equals refining the whole image at once.
+    condition: (C, H, W) float32 conditioning (None when unconditioned); noise: from ``image_noise``.
+    Returns (H, W) float32 in [0, 1].
+    """
+    if image.ndim != 2:
+        raise ValueError(f"image must be (H, W), got shape {image.shape}")
+    if tile_px < 1:
+        raise ValueError(f"tile_px must be >= 1, got {tile_px!r}")
+    h, w = image.shape
+    if tuple(noise.pixels.shape) != (1, 1, h, w) or tuple(noise.latent.shape) != (1, 2):
+        raise ValueError(f"noise must be pixels (1, 1, {h}, {w}) and latent (1, 2), got "
+                         f"{tuple(noise.pixels.shape)} and {tuple(noise.latent.shape)}")
+    if generator.cfg.condition:
+        if condition is None or condition.shape != (N_CONDITION_CHANNELS, h, w):
+            got = None if condition is None else condition.shape
+            raise ValueError(f"this refiner is conditioned on labels: condition must be "
+                             f"({N_CONDITION_CHANNELS}, {h}, {w}), got {got}")
+        cond = torch.from_numpy(np.ascontiguousarray(condition, np.float32))[None]
+    else:
+        cond = torch.zeros((1, 0, h, w))
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    align = generator.cfg.tile_alignment_px
+    m = -(-generator.cfg.receptive_radius_px // align) * align  # margin rounded up to the alignment
+    tile_px = -(-tile_px // align) * align
+    out = np.empty((h, w), np.float32)
+    was_training = generator.training
+    generator.eval()
+    try:
+        for y0 in range(0, h, tile_px):
+            for x0 in range(0, w, tile_px):
+                y1, x1 = min(y0 + tile_px, h), min(x0 + tile_px, w)
+                ya, yb, xa, xb = max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)
+                tile_x, tile_c, tile_z = (t[..., ya:yb, xa:xb].to(device) for t in (x, cond, noise.pixels))
+                tile_noise = RefinerNoise(tile_z, noise.latent.to(device))
+                refined = generator(tile_x, tile_c, tile_noise).refined[0, 0].cpu().numpy()
+                out[y0:y1, x0:x1] = refined[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+    finally:
+        generator.train(was_training)
+    return out
