@@ -440,9 +440,11 @@ def refine_train(
                             g=f"{info.losses.get('g_adv', float('nan')):.3f}")
             bar.refresh()
             if info.evaluation is not None:
-                e = info.evaluation
-                bar.write(f"step {info.step}: label fidelity "
-                          + ("passed" if e.get("passed") else "FAILED") + f" {json.dumps(e, default=str)[:300]}")
+                e, f = info.evaluation, info.evaluation.get("fidelity", {})
+                bar.write(f"step {info.step}: label fidelity {'passed' if e.get('passed') else 'FAILED'} (boundary F "
+                          f"{f.get('boundary_f_unrefined', float('nan')):.3f} -> "
+                          f"{f.get('boundary_f_refined', float('nan')):.3f}, frozen segmenter mIoU "
+                          f"{f.get('segmenter_miou', float('nan')):.3f})")
 
         with warnings.catch_warnings():
             warnings.simplefilter("always", FidelityWarning)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -360,3 +361,29 @@ def test_apply_keeps_labels_and_annotations_byte_identical(data, trained, tmp_pa
         apply(run, src, src, device="cpu", checkpoint=ckpt, overwrite=True)
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         apply(run, src, tmp_path / "x", checkpoint=run / "nope.pt")
+
+
+def test_cli_refine_train_then_apply(data, tmp_path):
+    """The commands a user runs: a short training run, then apply; annotations and labels unchanged."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run, out = tmp_path / "run", tmp_path / "refined"
+    train_cmd = [sys.executable, str(root / "cli.py"), "refine", "train", "--synthetic", str(data / "synthetic"),
+                 "--real", str(data / "real"), "--out", str(run), "--steps", "4", "--crop-px", "64",
+                 "--batch-size", "2", "--checkpoint-every", "2", "--sample-every", "2", "--device", "cpu"]
+    proc = subprocess.run(train_cmd, capture_output=True, text=True, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "label fidelity passed" in proc.stderr + proc.stdout and (run / "generator.pt").is_file()
+    proc = subprocess.run([sys.executable, str(root / "cli.py"), "refine", "apply", str(run), "--input",
+                           str(data / "synthetic"), "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "annotations.json").read_bytes() == (data / "synthetic" / "annotations.json").read_bytes()
+    proc = subprocess.run([sys.executable, str(root / "cli.py"), "refine", "apply", str(run), "--input",
+                           str(data / "synthetic"), "--out", str(out)], capture_output=True, text=True, cwd=root,
+                          env=env)
+    assert proc.returncode == 2 and str(out) in proc.stderr  # an existing output is not overwritten silently
