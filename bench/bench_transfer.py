@@ -9,7 +9,7 @@ real_train/ and real_heldout/ (the reference set split by image). Steps:
     2. train three U-Nets, same steps, seed and crop size: procedural, refined, real
     3. evaluate each on real_heldout (AP50, Dice, PQ, D50 error with 95 % bootstrap intervals over images)
 
-Run: python bench/bench_transfer.py --out /tmp/semsynth-bench-refiner [--steps 300] [--threads 1]
+Run: python bench/bench_transfer.py --out /tmp/semsynth-bench-refiner [--steps 600] [--threads 1]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ KEYS = ("AP50", "AP", "DSC", "PQ", "F1", "D50_rel_err")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder of bench/bench_refiner.py")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--crop-px", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
