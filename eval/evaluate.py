@@ -23,6 +23,7 @@ import numpy as np
 
 from eval.bootstrap import evaluate_predictions
 from eval.matching import ImageSample, MatchConfig, ignore_ids_from_annotations
+from simulator.dataset import read_png
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,14 +86,11 @@ def labelled_images(folder: str | Path, cfg: EvaluateConfig = EvaluateConfig()) 
         raise ValueError(f"{folder}: no image has a label map (labels/); evaluation needs the true instances")
     for info in images[: cfg.limit]:
         path = folder / "images" / info["file_name"]
-        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        pixels, _ = read_png(path)
         labels = cv2.imread(str(folder / info["label_file"]), cv2.IMREAD_UNCHANGED)
-        if pixels is None or pixels.ndim != 2:
-            raise ValueError(f"{path}: missing or not a grayscale image")
         if labels is None or labels.shape[1] != pixels.shape[1]:
             raise ValueError(f"{folder / info['label_file']}: missing or its width differs from {path}")
-        top = float(np.iinfo(pixels.dtype).max)
-        image = pixels[: labels.shape[0]].astype(np.float32) / top  # rows below the labels: info bar
+        image = pixels[: labels.shape[0]]  # rows below the labels: info bar
         anns = by_image.get(info["id"], [])
         ignore = ignore_ids_from_annotations(anns, max_occluded_fraction=cfg.max_occluded_fraction)
         yield LabelledImage(info, image, labels.astype(np.int32), ignore)

@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from eval.image_stats import image_statistics
 from simulator.config import SimConfig
+from simulator.dataset import read_png
 from simulator.pipeline import as_written, simulate_image
 
 _MIN_ECD_NM = 40.0  # smaller "particles" are mostly fragments of hidden ones
@@ -121,10 +122,9 @@ def dataset_samples(folder: str | Path):
     for image in coco["images"]:
         if not image.get("label_file"):
             continue
-        pixels = cv2.imread(str(folder / "images" / image["file_name"]), cv2.IMREAD_UNCHANGED)
+        pixels, _ = read_png(folder / "images" / image["file_name"])
         labels = cv2.imread(str(folder / image["label_file"]), cv2.IMREAD_UNCHANGED).astype(np.int32)
-        top = float(np.iinfo(pixels.dtype).max)
-        yield pixels[: labels.shape[0]].astype(np.float32) / top, labels, float(image["pixel_size_nm"])
+        yield pixels[: labels.shape[0]], labels, float(image["pixel_size_nm"])
 
 
 def simulated_samples(cfg: SimConfig, n: int, seed: int):

@@ -29,6 +29,7 @@ from torch import nn
 
 from eval.image_stats import radial_power_spectrum
 from eval.reference import info_bar_start, read_sem_image
+from simulator.dataset import read_png
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +107,8 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
     if coco_path.is_file():
         coco = json.loads(coco_path.read_text())
         for record in coco["images"]:
-            path = folder / "images" / record["file_name"]
-            pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if pixels is None or pixels.ndim != 2:
-                raise ValueError(f"{path}: not a readable grayscale image")
-            top = float(np.iinfo(pixels.dtype).max)
-            rows = info_bar_start(pixels)
-            images.append(pixels[:rows].astype(np.float32) / top)
+            pixels, _ = read_png(folder / "images" / record["file_name"])
+            images.append(pixels[: info_bar_start(pixels)])
             names.append(record["file_name"])
             sizes.append(float(record.get("pixel_size_nm") or pixel_size_nm or np.nan))
     else:

@@ -21,10 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from refiner.data import condition_channels, read_coco_images, read_png
+from refiner.data import condition_channels, read_coco_images
 from refiner.nets import image_noise, refine_array
 from refiner.train import load_generator, resolve_device, sha256_file
-from simulator.dataset import atomic_write_json, package_versions, write_png
+from simulator.dataset import atomic_write_json, package_versions, read_png, write_png
 
 _COPIED_FILES = ("annotations.json", "run.json")
 _COPIED_DIRS = ("labels", "records")

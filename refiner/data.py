@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 import torch
 
+from simulator.dataset import read_png
+
 N_CONDITION_CHANNELS = 2  # foreground, instance boundary
 
 
@@ -44,17 +46,6 @@ def read_coco_images(folder: str | Path) -> list[dict]:
     if not isinstance(images, list) or not images:
         raise ValueError(f"{path}: no images listed")
     return images
-
-
-def read_png(path: Path) -> tuple[np.ndarray, int]:
-    """(H, W) float32 in [0, 1] and the bit depth (8 or 16) of a grayscale PNG."""
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise FileNotFoundError(f"{path}: missing or not a readable image")
-    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{path}: expected an 8- or 16-bit grayscale image, got {pixels.dtype} {pixels.shape}")
-    bits = 8 if pixels.dtype == np.uint8 else 16
-    return pixels.astype(np.float32) / float((1 << bits) - 1), bits
 
 
 def load_dataset(folder: str | Path, *, labels: bool, limit: int | None = None,

@@ -197,6 +197,17 @@ def atomic_write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
     atomic_write_bytes(path, (text + "\n").encode())
 
 
+def read_png(path: Path) -> tuple[np.ndarray, int]:
+    """(H, W) float32 in [0, 1] and the bit depth (8 or 16) of a grayscale PNG."""
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise FileNotFoundError(f"{path}: missing or not a readable image")
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{path}: expected an 8- or 16-bit grayscale image, got {pixels.dtype} {pixels.shape}")
+    bits = 8 if pixels.dtype == np.uint8 else 16
+    return pixels.astype(np.float32) / float((1 << bits) - 1), bits
+
+
 def write_png(path: Path, array: np.ndarray, *, labels: bool = False) -> None:
     """Encode (see ``encode_png``) and write atomically."""
     atomic_write_bytes(path, encode_png(array, labels=labels))
