@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from eval.bootstrap import evaluate_predictions
 from eval.matching import ImageSample, MatchConfig, ignore_ids_from_annotations
+from eval.ranges import to_jsonable
 from simulator.dataset import read_png
 
 
@@ -161,19 +161,6 @@ def per_image_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _json_safe(obj):
-    """NaN and infinities as null: strict JSON readers reject NaN."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
 def evaluate(dataset: str | Path, model, out_dir: str | Path, cfg: EvaluateConfig = EvaluateConfig(), *,
              on_image: Callable[[], None] | None = None, report: bool = True) -> dict:
     """Run ``model`` on a dataset, write metrics.json, per_image.csv and report.html to ``out_dir``."""
@@ -198,5 +185,5 @@ def evaluate(dataset: str | Path, model, out_dir: str | Path, cfg: EvaluateConfi
         atomic_write_bytes(out_dir / "report.html", html.encode())
     atomic_write_bytes(out_dir / "per_image.csv", per_image_csv(result["images"]).encode())
     atomic_write_bytes(out_dir / "metrics.json",
-                       (json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n").encode())
+                       (json.dumps(to_jsonable(result), indent=1, allow_nan=False) + "\n").encode())
     return result

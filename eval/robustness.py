@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.evaluate import EvaluateConfig, _json_safe, labelled_images, per_image_csv, provenance, run_model, score
-from eval.ranges import RangeCriterion, ResultRow
+from eval.evaluate import EvaluateConfig, labelled_images, per_image_csv, provenance, run_model, score
+from eval.ranges import RangeCriterion, ResultRow, to_jsonable
 
 HIGHER_IS_BETTER = ("F1", "PQ", "DSC", "AP50", "D50_score")
 
@@ -65,15 +65,11 @@ def sweep_rows(predicted, per_image: list[dict]) -> list[ResultRow]:
     return rows
 
 
-def simulate_sweep(sweep_toml: Path, dataset_dir: Path, *, seed: int, workers: int,
+def simulate_sweep(cfg, sweep, dataset_dir: Path, *, seed: int, workers: int,
                    on_image: Callable[[], None] | None = None) -> dict:
     """Simulate the sweep into ``dataset_dir``; an existing folder of the same plan is reused (or finished)."""
     from simulator.dataset import write_dataset
-    from simulator.sweep import load_run_config
 
-    cfg, sweep = load_run_config(sweep_toml)
-    if sweep is None:
-        raise ValueError(f"{sweep_toml}: no [sweep] section; robustness needs a sweep (docs/scaling.md)")
     return write_dataset(dataset_dir, cfg, seed=seed, workers=workers, sweep=sweep,
                          resume=(dataset_dir / "run.json").exists(), on_image=on_image)
 
@@ -131,7 +127,6 @@ def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: Robustne
         several models can be tested on the same images.
     on_stage(name, total) -> per-item callback: progress for "simulate" and "segment".
     """
-    from eval.ranges import to_jsonable
     from simulator.dataset import atomic_write_bytes
     from simulator.sweep import expand, load_run_config
 
@@ -144,7 +139,7 @@ def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: Robustne
     timing = {}
     start = time.perf_counter()
     progress = on_stage("simulate", n_images) if on_stage else None
-    simulate_sweep(sweep_toml, dataset_dir, seed=cfg.seed, workers=cfg.workers, on_image=progress)
+    simulate_sweep(sim_cfg, sweep, dataset_dir, seed=cfg.seed, workers=cfg.workers, on_image=progress)
     timing["simulate_s"] = time.perf_counter() - start
     start = time.perf_counter()
     progress = on_stage("segment", n_images) if on_stage else None
@@ -180,5 +175,5 @@ def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: Robustne
                  for row, r in zip(overall["images"], rows, strict=True)]
     atomic_write_bytes(out_dir / "per_image.csv", per_image_csv(per_image).encode())
     atomic_write_bytes(out_dir / "robustness.json",
-                       (json.dumps(_json_safe(result), indent=1, allow_nan=False) + "\n").encode())
+                       (json.dumps(to_jsonable(result), indent=1, allow_nan=False) + "\n").encode())
     return result
