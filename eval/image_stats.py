@@ -46,6 +46,13 @@ def radial_power_spectrum(image: np.ndarray, pixel_size_nm: float, n_bins: int =
     return centres, sums / np.maximum(counts, 1)
 
 
+def gradient_magnitude(image: np.ndarray, pixel_size_nm: float) -> np.ndarray:
+    """Sobel gradient magnitude in intensity per nm (per pixel with ``pixel_size_nm = 1``)."""
+    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return np.hypot(gx, gy) / pixel_size_nm
+
+
 def edge_width_nm(image: np.ndarray, foreground: np.ndarray, pixel_size_nm: float, band_px: int = 3) -> float:
     """Effective edge blur (nm): the sigma of a Gaussian-blurred step with the same contrast and steepest slope.
 
@@ -59,9 +66,7 @@ def edge_width_nm(image: np.ndarray, foreground: np.ndarray, pixel_size_nm: floa
     if band.sum() < 50 or (inside > 5).sum() < 50:
         return float("nan")
     img = image.astype(np.float32)
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    slope = float(np.percentile(np.hypot(gx, gy)[band], 90))
+    slope = float(np.percentile(gradient_magnitude(img, 1.0)[band], 90))
     contrast = float(img[inside > 5].mean() - img[outside > band_px].mean())
     return contrast / (slope * np.sqrt(2 * np.pi)) * pixel_size_nm if slope > 0 else float("nan")
 

@@ -27,7 +27,7 @@ import torch
 from scipy.stats import wasserstein_distance
 from torch import nn
 
-from eval.image_stats import radial_power_spectrum
+from eval.image_stats import gradient_magnitude, radial_power_spectrum
 from eval.reference import info_bar_start, read_sem_image
 from simulator.dataset import read_png
 
@@ -356,13 +356,6 @@ def kid_score(a: ImageSet, b: ImageSet, cfg: RealismConfig) -> tuple[float, floa
 
 
 # ----------------------------------------------------------------------------------------------- distances
-
-
-def gradient_magnitude(image: np.ndarray, pixel_size_nm: float) -> np.ndarray:
-    """Sobel gradient magnitude in intensity per nm."""
-    gx = cv2.Sobel(image, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(image, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    return np.hypot(gx, gy) / pixel_size_nm
 
 
 def _pooled_sample(arrays, n: int, rng: np.random.Generator) -> np.ndarray:
