@@ -29,6 +29,10 @@ METRIC_MEANINGS = {
     "D90_rel_err": "relative error of D90", "dg_rel_err": "relative error of the log-normal geometric mean",
     "sigmag_rel_err": "relative error of the log-normal geometric SD", "W1_nm": "Wasserstein-1 distance of the PSDs",
     "KS": "Kolmogorov-Smirnov statistic of the PSDs",
+    "FeretMin_sd_nm": "SD of the minimum Feret error", "FeretMax_sd_nm": "SD of the maximum Feret error",
+    "D50_true_nm": "median ECD, true particles", "D50_pred_nm": "median ECD, predictions",
+    "dg_true_nm": "log-normal geometric mean, true", "dg_pred_nm": "log-normal geometric mean, predicted",
+    "sigmag_true": "log-normal geometric SD, true", "sigmag_pred": "log-normal geometric SD, predicted",
 }  # fmt: skip
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:1.5em auto;color:#222;line-height:1.4}
