@@ -55,6 +55,7 @@ from eval.reference import DEFAULT_REFERENCE
 from refiner.apply import apply
 from refiner.data import load_dataset
 from refiner.fidelity import FidelityThresholds, default_segmenter, label_fidelity, mean_fidelity
+from refiner.nets import GeneratorConfig
 from refiner.train import FidelityWarning, RefinerConfig, StepInfo, train
 from simulator.config import load_config
 from simulator.dataset import write_dataset
@@ -154,6 +155,11 @@ def main() -> None:
     ap.add_argument("--c2st-steps", type=int, default=600)
     ap.add_argument("--c2st-seeds", type=int, default=3, help="C2ST repeats (folds and classifier seeds)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--d-view", default="normalised", choices=("normalised", "raw"),
+                    help="what the discriminator sees (RefinerConfig.d_view)")
+    ap.add_argument("--levels", default="real", choices=("real", "learned", "none"),
+                    help="per-image black/white levels of the refined images (GeneratorConfig.levels)")
+    ap.add_argument("--no-texture", action="store_true", help="without the substrate texture branch (ablation)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--reuse", action="store_true", help="keep datasets already in --out (skip simulate/ingest)")
@@ -179,7 +185,8 @@ def main() -> None:
     timings["data_s"] = time.perf_counter() - t0
 
     seg_name, segmenter = default_segmenter()
-    config = RefinerConfig()
+    config = RefinerConfig(d_view=args.d_view, generator=GeneratorConfig(levels=args.levels,
+                                                                           texture=not args.no_texture))
     run = out / "run"
     if run.exists() and not args.resume:
         shutil.rmtree(run)

@@ -22,6 +22,7 @@ import torch
 from simulator.dataset import read_png
 
 N_CONDITION_CHANNELS = 2  # foreground, instance boundary
+LEVEL_PERCENTILES = (1.0, 99.0)  # an image's levels: these intensity percentiles (as eval.realism.normalized)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,13 @@ def load_dataset(folder: str | Path, *, labels: bool, limit: int | None = None,
     return out
 
 
+def image_levels(image: np.ndarray) -> tuple[float, float]:
+    """(low, high): the image's 1st and 99th intensity percentiles, its black and white level as the operator
+    set them (eval.realism scales every image by these before comparing sets)."""
+    low, high = np.percentile(image, LEVEL_PERCENTILES)
+    return float(low), float(high)
+
+
 def boundary_map(labels: np.ndarray) -> np.ndarray:
     """(H, W) bool: pixels with a 4-neighbour of another instance id (both sides of every interface,
     particle/substrate and particle/particle)."""
@@ -111,6 +119,8 @@ class CropBatch:
     synthetic: torch.Tensor  # (B, 1, h, w) float32 in [0, 1]
     condition: torch.Tensor  # (B, C, h, w) float32 (C = 0 when unconditioned)
     real: torch.Tensor  # (B, 1, h, w) float32 in [0, 1], drawn independently of ``synthetic``
+    synthetic_levels: torch.Tensor  # (B, 2): ``image_levels`` of the whole image each synthetic crop came from
+    real_levels: torch.Tensor  # (B, 2): the same for the real crops
 
 
 class CropSampler:
@@ -137,6 +147,8 @@ class CropSampler:
         self._cond = [torch.from_numpy(condition_channels(d.labels)) if condition else torch.zeros(0, *d.image.shape)
                       for d in synthetic]
         self._real = [torch.from_numpy(d.image)[None] for d in real]
+        self._syn_levels = torch.tensor([image_levels(d.image) for d in synthetic], dtype=torch.float32)
+        self._real_levels = torch.tensor([image_levels(d.image) for d in real], dtype=torch.float32)
 
     def _crop(self, arrays: list[torch.Tensor], top: int, left: int, flips: torch.Tensor) -> list:
         out = []
@@ -159,13 +171,16 @@ class CropSampler:
         return index, top, left, flips
 
     def sample(self, batch_size: int) -> CropBatch:
-        syn, cond, real = [], [], []
+        syn, cond, real, syn_index, real_index = [], [], [], [], []
         for _ in range(batch_size):
             i, top, left, flips = self._draw(self._syn)
             s, c = self._crop([self._syn[i], self._cond[i]], top, left, flips)
             syn.append(s)
             cond.append(c)
+            syn_index.append(i)
         for _ in range(batch_size):
             i, top, left, flips = self._draw(self._real)
             real.append(self._crop([self._real[i]], top, left, flips)[0])
-        return CropBatch(torch.stack(syn), torch.stack(cond), torch.stack(real))
+            real_index.append(i)
+        return CropBatch(torch.stack(syn), torch.stack(cond), torch.stack(real), self._syn_levels[syn_index],
+                         self._real_levels[real_index])

@@ -13,10 +13,16 @@ Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) 
        mean: it adds detail, not brightness), bounded by ``texture_max`` (well below particle contrast) and
        multiplied by a mask m that is exactly zero within
        ``texture_margin_px`` of any labelled particle: it can only change what the labels call substrate;
-    g, o  a per-image gain and offset, log g ~ N(0, sg^2) and o ~ N(0, so^2) with learned spreads: real images
-       differ from each other in brightness and contrast (the reference set's substrate level ranges over a
-       factor of 3), simulated ones barely; a positive affine map moves no edge.
-All start as the identity (zero last layers, identity curve), the spreads at 20 % of their bounds.
+    g, o  a per-image gain and offset (a positive affine map moves no edge). Real images differ from each other
+       in brightness and contrast (operator settings: the reference set's substrate level ranges over a factor
+       of 3), simulated ones barely. ``levels = "real"`` (default): each refined image gets the black and white
+       levels (1st and 99th percentiles) of one real training image, drawn by its per-image latent, by mapping
+       T(p1) and T(p99) of its own synthetic image there; the raw intensity distribution then follows the real
+       set's by construction, and the networks learn appearance only (the discriminator compares images
+       normalised by these levels). ``levels = "learned"``: log g ~ N(0, sg^2), o ~ N(0, so^2) with spreads
+       learned against a discriminator on raw intensities. ``levels = "none"``: g = 1, o = 0.
+All start as the identity (zero last layers, identity curve); with "real" levels the identity holds up to the
+affine map to the drawn levels.
 
 Discriminator: a PatchGAN: one full-resolution 3x3 convolution (so pixel noise is seen unaliased), then strided
 4x4 convolutions with BatchNorm (or spectral normalisation); one logit per patch.
@@ -31,9 +37,10 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from refiner.data import N_CONDITION_CHANNELS
+from refiner.data import N_CONDITION_CHANNELS, image_levels
 from refiner.losses import low_pass
 
+LEVEL_MODES = ("real", "learned", "none")
 TEXTURE_HIGHPASS_SIGMA_PX = 3.0  # the substrate texture keeps only detail finer than this
 
 
@@ -50,11 +57,13 @@ class GeneratorConfig:
     texture_dilations: tuple[int, ...] = (1, 2, 4, 8, 1)  # at half resolution
     texture_max: float = 0.08  # bound of the substrate texture, fraction of full scale
     texture_margin_px: int = 2  # the texture is exactly zero this close (Chebyshev) to a labelled particle
-    per_image: bool = True  # random per-image gain and offset with learned spreads
-    max_log_gain_std: float = 0.5  # bounds of the learned spreads
+    levels: str = "real"  # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
+    max_log_gain_std: float = 0.5  # bounds of the learned spreads (levels = "learned")
     max_offset_std: float = 0.1
 
     def __post_init__(self):
+        if self.levels not in LEVEL_MODES:
+            raise ValueError(f"generator.levels must be one of {LEVEL_MODES}, got {self.levels!r}")
         if self.texture and not self.condition:
             raise ValueError("generator.texture needs generator.condition = True (it is masked by the labels)")
         if self.texture_width < 1 or not self.texture_dilations or min(self.texture_dilations) < 1:
@@ -228,7 +237,22 @@ class Generator(nn.Module):
         self.texture = SubstrateTexture(cfg.texture_width, cfg.texture_dilations) if cfg.texture else None
         # Spreads s = bound * sigmoid(raw), starting at 20 % of their bound.
         start = float(torch.logit(torch.tensor(0.2)))
-        self.raw_spread = nn.Parameter(torch.full((2,), start)) if cfg.per_image else None
+        self.raw_spread = nn.Parameter(torch.full((2,), start)) if cfg.levels == "learned" else None
+        # levels = "real": (n, 2) black/white levels of the real training images (set by ``set_real_levels``;
+        # saved with the weights); empty: the identity levels.
+        self.register_buffer("real_levels", torch.zeros((0, 2)))
+
+    def set_real_levels(self, levels: torch.Tensor) -> None:
+        """Store the (n, 2) levels (low, high) of the real training images that refined images will take."""
+        levels = torch.as_tensor(levels, dtype=torch.float32).reshape(-1, 2)
+        if len(levels) and not bool((levels[:, 1] > levels[:, 0]).all()):
+            raise ValueError("real levels must have high > low for every image")
+        self.real_levels = levels.to(self.real_levels.device)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if "real_levels" in state_dict:  # its length is the number of real training images
+            self.set_real_levels(state_dict["real_levels"])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def spreads(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(std of log gain, std of offset) of the per-image appearance (zeros when disabled)."""
@@ -238,9 +262,11 @@ class Generator(nn.Module):
         s = torch.sigmoid(self.raw_spread)
         return self.cfg.max_log_gain_std * s[0], self.cfg.max_offset_std * s[1]
 
-    def forward(self, x: torch.Tensor, condition: torch.Tensor, noise: RefinerNoise) -> GeneratorOut:
+    def forward(self, x: torch.Tensor, condition: torch.Tensor, noise: RefinerNoise,
+                levels: torch.Tensor | None = None) -> GeneratorOut:
         """x: (B, 1, H, W) in [0, 1]; condition: (B, C, H, W) (C = 0 when unconditioned); noise: its random
-        inputs (``RefinerNoise.draw`` or ``image_noise``)."""
+        inputs (``RefinerNoise.draw`` or ``image_noise``); levels: (B, 2) ``image_levels`` of the whole image each
+        x was cut from (default: of x itself)."""
         if not isinstance(noise, RefinerNoise):
             raise TypeError(f"noise must be a RefinerNoise, got {type(noise).__name__}")
         if x.ndim != 4 or x.shape[1] != 1:
@@ -262,12 +288,30 @@ class Generator(nn.Module):
             foreground = condition[:, :1]
             texture = (self.cfg.texture_max * substrate_mask(foreground, self.cfg.texture_margin_px)
                        * self.texture(x, z, foreground))
-        s_gain, s_offset = self.spreads()
-        gain = torch.exp(s_gain * noise.latent[:, 0])
-        offset = s_offset * noise.latent[:, 1]
+        gain, offset = self._levels_map(x, noise.latent, levels)
         refined = (gain[:, None, None, None] * (toned + residual + texture) + offset[:, None, None, None]).clamp(0, 1)
         return GeneratorOut(refined=refined, toned=toned, residual=residual, texture=texture, gain=gain,
                             offset=offset)
+
+
+    def _levels_map(self, x: torch.Tensor, latent: torch.Tensor, levels: torch.Tensor | None):
+        """Per-image gain and offset, (B,) each."""
+        if self.cfg.levels == "learned":
+            s_gain, s_offset = self.spreads()
+            return torch.exp(s_gain * latent[:, 0]), s_offset * latent[:, 1]
+        ones = x.new_ones(x.shape[0])
+        if self.cfg.levels == "none" or len(self.real_levels) == 0:
+            return ones, 0 * ones
+        if levels is None:
+            levels = torch.tensor([image_levels(im) for im in x[:, 0].detach().cpu().numpy()], dtype=x.dtype)
+        levels = levels.to(x.device, x.dtype)
+        t_low, t_high = self.tone(levels[:, 0]), self.tone(levels[:, 1])
+        # the latent's first draw picks a real image: uniform over the list (normal CDF of a standard normal)
+        pick = torch.special.ndtr(latent[:, 0])
+        index = (pick * len(self.real_levels)).long().clamp(0, len(self.real_levels) - 1)
+        target = self.real_levels[index]
+        gain = (target[:, 1] - target[:, 0]) / (t_high - t_low).clamp_min(1e-4)
+        return gain, target[:, 0] - gain * t_low
 
 
 class Discriminator(nn.Module):
@@ -340,6 +384,7 @@ def refine_array(generator: Generator, image: np.ndarray, condition: np.ndarray 
     else:
         cond = torch.zeros((1, 0, h, w))
     x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    levels = torch.tensor([image_levels(image)], dtype=torch.float32, device=device)  # of the whole image
     align = generator.cfg.tile_alignment_px
     m = -(-generator.cfg.receptive_radius_px // align) * align  # margin rounded up to the alignment
     tile_px = -(-tile_px // align) * align
@@ -353,7 +398,7 @@ def refine_array(generator: Generator, image: np.ndarray, condition: np.ndarray 
                 ya, yb, xa, xb = max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)
                 tile_x, tile_c, tile_z = (t[..., ya:yb, xa:xb].to(device) for t in (x, cond, noise.pixels))
                 tile_noise = RefinerNoise(tile_z, noise.latent.to(device))
-                refined = generator(tile_x, tile_c, tile_noise).refined[0, 0].cpu().numpy()
+                refined = generator(tile_x, tile_c, tile_noise, levels).refined[0, 0].cpu().numpy()
                 out[y0:y1, x0:x1] = refined[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
     finally:
         generator.train(was_training)

@@ -35,7 +35,15 @@ import numpy as np
 import torch
 
 from eval.image_stats import radial_power_spectrum
-from refiner.data import CropBatch, CropSampler, DatasetImage, condition_channels, load_dataset, resample_to
+from refiner.data import (
+    CropBatch,
+    CropSampler,
+    DatasetImage,
+    condition_channels,
+    image_levels,
+    load_dataset,
+    resample_to,
+)
 from refiner.fidelity import (
     FidelityResult,
     FidelityThresholds,
@@ -86,6 +94,7 @@ class RefinerConfig:
     augment: AugmentConfig = AugmentConfig()
     fidelity: FidelityThresholds = FidelityThresholds()
     gan_loss: str = "lsgan"
+    d_view: str = "normalised"  # the discriminator sees crops scaled by their image's levels ("raw": as stored)
     adv_weight: float = 1.0
     content_weight: float = 20.0
     content_sigma_px: float = 2.0
@@ -100,6 +109,8 @@ class RefinerConfig:
     n_samples: int = 3  # rows of the sample grids
 
     def __post_init__(self):
+        if self.d_view not in ("normalised", "raw"):
+            raise ValueError(f"d_view must be 'normalised' or 'raw', got {self.d_view!r}")
         if self.gan_loss not in GAN_KINDS:
             raise ValueError(f"gan_loss must be one of {GAN_KINDS}, got {self.gan_loss!r}")
         for name in ("adv_weight", "content_weight", "noise_weight", "spectrum_weight"):
@@ -195,10 +206,20 @@ def _spectrum(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return freq[band], np.log10(power[band] + 1e-20)
 
 
-def appearance_statistics(images: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Pooled intensity quantiles and mean log power spectrum (periods 2-64 px) of some images."""
+def normalise_levels(image, low, high):
+    """An image (array or tensor) scaled so that its levels ``low``, ``high`` map to 0.25 and 0.75 (as
+    eval.realism.normalized): what the discriminator sees with ``d_view = "normalised"``."""
+    return (image - low) / (high - low) * 0.5 + 0.25
+
+
+def appearance_statistics(images: list[np.ndarray], normalised: bool = False) -> dict[str, np.ndarray]:
+    """Pooled intensity quantiles and mean log power spectrum (periods 2-64 px) of some images (each first
+    scaled by its own levels when ``normalised``)."""
+    if normalised:
+        images = [normalise_levels(im, *image_levels(im)) for im in images]
     values = np.concatenate([im.ravel() for im in images])
     return {
+        "normalised": normalised,
         "quantiles": np.quantile(values, np.linspace(0.005, 0.995, 100)),
         "log_power": np.mean([_spectrum(im)[1] for im in images], axis=0),
     }
@@ -235,7 +256,7 @@ def evaluate(generator: Generator | None, holdout: list[DatasetImage], reference
         refined_images.append(refined)
         results.append(label_fidelity(ref, refined, item.labels, item.pixel_size_nm, segmenter, thresholds))
     fid = mean_fidelity(results, thresholds)
-    gap = appearance_gap(appearance_statistics(refined_images), real_stats)
+    gap = appearance_gap(appearance_statistics(refined_images, real_stats["normalised"]), real_stats)
     return {"fidelity": fid.as_dict(), "per_image": [r.as_dict() for r in results], "appearance": gap,
             "passed": fid.passed}
 
@@ -288,8 +309,18 @@ def _adversarial_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Op
                       dev: torch.device) -> dict[str, float]:
     """One discriminator update and one generator update on a batch; returns the losses."""
     syn, cond, real_crops = batch.synthetic.to(dev), batch.condition.to(dev), batch.real.to(dev)
-    out = gen(syn, cond, RefinerNoise.draw(tuple(syn.shape), g_noise).to(dev))
+    syn_levels = batch.synthetic_levels.to(dev)
+    out = gen(syn, cond, RefinerNoise.draw(tuple(syn.shape), g_noise).to(dev), syn_levels)
     fake = quantize_ste(out.refined, real_bits)  # the grey levels the real images have
+    if config.d_view == "normalised":
+        # Both sides scaled by their whole image's levels: what eval.realism compares. The refined image's levels
+        # are its synthetic image's, through the tone curve and the per-image map (up to the residuals).
+        per = lambda t: t[:, None, None, None]  # noqa: E731
+        low = out.gain * gen.tone(syn_levels[:, 0]) + out.offset
+        high = out.gain * gen.tone(syn_levels[:, 1]) + out.offset
+        fake = normalise_levels(fake, per(low), per(high))
+        levels = batch.real_levels.to(dev)
+        real_crops = normalise_levels(real_crops, per(levels[:, 0]), per(levels[:, 1]))
 
     # Discriminator: real vs refined crops, both augmented the same way, in one batch (so that BatchNorm
     # statistics are shared and a global difference in tone stays visible to it).
@@ -306,8 +337,8 @@ def _adversarial_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Op
     g_adv = gan_g_loss(logits[n:], config.gan_loss)
     content = content_loss(out.residual, config.content_sigma_px)
     zero = torch.zeros((), device=dev)
-    noise_term = noise_loss(out.refined, real_crops) if config.noise_weight > 0 else zero
-    spec = spectrum_loss(out.refined, real_crops) if config.spectrum_weight > 0 else zero
+    noise_term = noise_loss(fake, real_crops) if config.noise_weight > 0 else zero
+    spec = spectrum_loss(fake, real_crops) if config.spectrum_weight > 0 else zero
     g_total = (config.adv_weight * g_adv + config.content_weight * content + config.noise_weight * noise_term
                + config.spectrum_weight * spec)
     opt_g.zero_grad(set_to_none=True)
@@ -387,6 +418,7 @@ def train(
     g_noise = torch.Generator().manual_seed(seed + 1)
     g_augment = torch.Generator().manual_seed(seed + 2)
     sampler = CropSampler(train_syn, real, crop_px, condition=config.generator.condition, generator=g_sampler)
+    real_levels = torch.tensor([image_levels(d.image) for d in real], dtype=torch.float32)
 
     ckpt_path = run_dir / "checkpoint.pt"
     blob = None
@@ -405,11 +437,13 @@ def train(
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", run_cfg)
 
-    real_stats = appearance_statistics([d.image for d in real])
+    real_stats = appearance_statistics([d.image for d in real], normalised=config.d_view == "normalised")
     references = [unrefined_reference(d.image, d.labels, d.pixel_size_nm, segmenter, config.fidelity)
                   for d in holdout]
 
     gen, disc = build_networks(config.generator, config.discriminator, seed)
+    if config.generator.levels == "real":
+        gen.set_real_levels(real_levels)
     gen.to(dev)
     disc.to(dev)
     is_global = lambda name: name.startswith("tone.") or name == "raw_spread"  # noqa: E731
@@ -479,7 +513,8 @@ def train(
         evaluation = sample_png = None
         if step % sample_every == 0 or step == steps:
             with torch.no_grad():
-                refined = gen(grid.synthetic.to(dev), grid.condition.to(dev), grid_noise.to(dev)).refined
+                refined = gen(grid.synthetic.to(dev), grid.condition.to(dev), grid_noise.to(dev),
+                              grid.synthetic_levels.to(dev)).refined
             path = run_dir / "samples" / f"step_{step:06d}.png"
             atomic_write_bytes(path, encode_png(sample_grid(grid.synthetic, refined, grid.real)))
             sample_png = str(path)

@@ -154,6 +154,10 @@ class ShadingConfig:
     substrate_texture: float = 0.17
     texture_scale_nm: float = 1000.0
     texture_ridges: float = 0.6
+    residue_rims: float = 0.6  # relative yield change on the rim of a residue island (0 = none)
+    residue_size_nm: float = 70.0  # typical island diameter
+    residue_coverage: float = 0.15  # fraction of the substrate inside islands
+    residue_width_nm: float = 3.5  # rim line width (Gaussian sigma across the rim)
     facets: float = 0.7
     facet_count: int = 14
     et_fraction: float = 0.45
@@ -173,6 +177,10 @@ class ShadingConfig:
         _check_range("shading.substrate_texture", self.substrate_texture, 0.0, 1.0)
         _check_range("shading.texture_scale_nm", self.texture_scale_nm, 1.0, 1e6)
         _check_range("shading.texture_ridges", self.texture_ridges, 0.0, 1.0)
+        _check_range("shading.residue_rims", self.residue_rims, 0.0, 10.0)
+        _check_range("shading.residue_size_nm", self.residue_size_nm, 1.0, 1e5)
+        _check_range("shading.residue_coverage", self.residue_coverage, 0.01, 0.99)
+        _check_range("shading.residue_width_nm", self.residue_width_nm, 0.1, 1e4)
         _check_range("shading.facets", self.facets, 0.0, 1.0)
         _check_range("shading.facet_count", self.facet_count, 4, 200)
         _check_range("shading.et_fraction", self.et_fraction, 0.0, 1.0)

@@ -21,7 +21,7 @@ from simulator.detector import detect, info_bar
 from simulator.geometry import Scene, build_scene
 from simulator.instrument import charge, probe_blur, scan_offsets_px
 from simulator.render import RenderOut, render
-from simulator.shading import facet_normals, shade, substrate_texture
+from simulator.shading import facet_normals, residue_rims, shade, substrate_texture
 
 STAGE_STREAMS = ("geometry", "shading", "instrument", "detector")
 
@@ -57,10 +57,13 @@ def simulate_image(cfg: SimConfig, seed: int, index: int, timings: dict[str, flo
     texture = None
     if cfg.shading.substrate_texture > 0:
         texture = clock("substrate texture", substrate_texture, shape, px, cfg.shading, rngs["shading"])
+    rims = None
+    if cfg.shading.residue_rims > 0:
+        rims = clock("substrate residue", residue_rims, shape, px, cfg.shading, rngs["shading"])
     normal = clock(
         "facets", facet_normals, buffers, cfg.shading.facets, cfg.shading.facet_count, rngs["shading"]
     )
-    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, px, texture, normal)
+    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, px, texture, normal, rims)
     signal = clock("charging", charge, ideal, buffers, scene, cfg.charging, px)
     signal = clock("probe blur", probe_blur, signal, cfg.probe, px)
     image = clock("detector noise", detect, signal, cfg.detector, cfg.scan.dwell_time_us, rngs["detector"])

@@ -6,9 +6,11 @@ Per pixel, the mean number of SE collected per primary electron:
 
 - tilt contrast: theta is the angle between the surface normal and the beam (normal-based); optional facets
   pull each particle's normals towards a few random facet directions (flat patches, sharp facet edges);
-- material contrast: ``particle_yield`` for TiO2, ``substrate_yield`` * (1 + texture) for the substrate, whose
-  faint texture is Perlin fBm plus ridged Perlin lines (``noise`` package, evaluated once on a tileable grid,
-  then placed with a random shift and rotation per image);
+- material contrast: ``particle_yield`` for TiO2, ``substrate_yield`` * (1 + texture + rims) for the substrate,
+  whose faint texture is Perlin fBm plus ridged Perlin lines (``noise`` package, evaluated once on a tileable
+  grid, then placed with a random shift and rotation per image), and whose residue islands (thin dried films,
+  the small closed curls that cover real substrates) show as thin bright rims: the edge effect of a film edge
+  a few nm high, drawn as the level set of a Gaussian random field (``residue_rims``);
 - edge effect: where the beam lands within the SE escape range of an edge (a step down in height by more
   than ``edge_step_nm``: a particle's silhouette, or a particle lying on another), SE escape through the side
   wall too: edge = edge_gain * exp(-d / R), d the distance to that edge, R = edge_range_nm * (E / 20 keV)^1.67
@@ -30,6 +32,7 @@ import noise
 import numba
 import numpy as np
 from scipy.spatial.transform import Rotation
+from scipy.special import ndtri as norm_ppf
 
 from simulator.config import ShadingConfig
 from simulator.particles import fibonacci_sphere
@@ -38,6 +41,7 @@ from simulator.render import RenderOut
 _TILE_PX = 512  # tileable texture: _TILE_CELLS noise cells of _TILE_PX / _TILE_CELLS pixels
 _TILE_CELLS = 8
 _KANAYA_OKAYAMA_EXPONENT = 1.67
+_RESIDUE_OCTAVES = ((1.0, 1.0), (0.5, 0.15))  # (blur scale, weight): island sizes and wiggles
 
 
 def edge_range_nm(cfg: ShadingConfig) -> float:
@@ -88,6 +92,43 @@ def substrate_texture(
         tile, image_to_tile, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_WRAP,
     )
+
+
+def residue_rims(
+    shape: tuple[int, int], pixel_size_nm: float, cfg: ShadingConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """(H, W) float32: the rims of residue islands on the substrate, relative yield change per unit ``residue_rims``.
+
+    Islands are the excursion set {G > t} of a smooth Gaussian random field G (white noise blurred at three scales,
+    so island sizes vary around ``residue_size_nm``; t puts ``residue_coverage`` of the area inside). Their
+    edges are level-set curves, mostly closed loops; a rim is exp(-d^2 / 2w^2) with d = |G - t| / |grad G| the
+    distance to the curve in px (to first order) and w = ``residue_width_nm``. An in-lens detector sees every
+    rim bright (edge effect); an Everhart-Thornley detector (``et_fraction``) sees relief: the rim side facing it
+    bright, the far side shadowed (negative), factor (1 - f) + 2 f cos(angle to the detector).
+    """
+    height, width = shape
+    sigma_px = max(cfg.residue_size_nm / (3.0 * pixel_size_nm), 0.5)
+    pad = int(np.ceil(3 * sigma_px))  # blur the noise beyond the frame: no mirrored borders
+    field = np.zeros((height, width), np.float32)
+    for scale, weight in _RESIDUE_OCTAVES:
+        white = rng.standard_normal((height + 2 * pad, width + 2 * pad), dtype=np.float32)
+        smooth = cv2.GaussianBlur(white, (0, 0), sigma_px * scale)[pad : pad + height, pad : pad + width]
+        # white noise blurred by a unit-area Gaussian of sigma s has std 1 / (2 sqrt(pi) s)
+        field += weight * smooth * np.float32(2.0 * np.sqrt(np.pi) * sigma_px * scale)
+    field /= np.float32(np.sqrt(sum(w * w for _, w in _RESIDUE_OCTAVES)))
+    threshold = np.float32(norm_ppf(1.0 - cfg.residue_coverage))
+    gy, gx = np.gradient(field)
+    grad = np.sqrt(gx * gx + gy * gy) + np.float32(1e-6)
+    dist_px = np.abs(field - threshold) / grad
+    width_px = np.float32(cfg.residue_width_nm / pixel_size_nm)
+    rims = np.exp(np.float32(-0.5) * (dist_px / width_px) ** 2)
+    if cfg.et_fraction > 0:
+        # the outward normal of an island is -grad G; the detector lies at et_azimuth_deg (x = column, y = row,
+        # as the particles' normals in _et_collection)
+        az = np.deg2rad(cfg.et_azimuth_deg)
+        facing = -(gx * np.float32(np.cos(az)) + gy * np.float32(np.sin(az))) / grad
+        rims *= (1.0 - cfg.et_fraction) + 2.0 * cfg.et_fraction * facing  # relief: the far side is shadowed
+    return rims.astype(np.float32)
 
 
 @numba.njit(cache=True)
@@ -201,6 +242,7 @@ def shade(
     pixel_size_nm: float,
     texture: np.ndarray | None = None,
     normal: np.ndarray | None = None,
+    rims: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render buffers -> (H, W) float32 mean SE collected per primary electron. Labels are not touched.
 
@@ -213,6 +255,8 @@ def shade(
         delta = cfg.substrate_yield * (1.0 + cfg.substrate_texture * texture)
     else:
         delta = np.full(render.shape, cfg.substrate_yield, np.float32)
+    if rims is not None and cfg.residue_rims > 0:
+        delta += np.float32(cfg.substrate_yield * cfg.residue_rims) * rims
     # Particles only (the substrate faces the beam: no tilt gain, no edge): power and exp on few pixels.
     cos_theta = np.clip(render.normal[particle, 2], 1e-6, 1.0)
     on_particle = cfg.particle_yield * np.minimum(cos_theta ** (-cfg.tilt_exponent), cfg.max_tilt_gain)

@@ -26,6 +26,7 @@ from refiner.fidelity import (
 from refiner.losses import AugmentConfig, content_loss, diff_augment, log_spectrum
 from refiner.nets import (
     DiscriminatorConfig,
+    Generator,
     GeneratorConfig,
     RefinerNoise,
     ToneCurve,
@@ -73,10 +74,16 @@ def test_shapes_dtypes_and_identity_at_start(data):
     noise = RefinerNoise.draw((2, 1, 64, 48), torch.Generator().manual_seed(0))
     out = gen(x, torch.zeros(2, 2, 64, 48), noise)
     assert out.refined.shape == (2, 1, 64, 48) and out.refined.dtype == torch.float32
-    # Identity tone curve, zero residual and texture; per-image gain and offset (spreads 20 % of their bounds).
-    assert not torch.allclose(out.refined, x, atol=1e-3)
-    zero = RefinerNoise(noise.pixels, torch.zeros(2, 2))
-    assert torch.allclose(gen(x, torch.zeros(2, 2, 64, 48), zero).refined, x, atol=1e-5)
+    # Identity tone curve, zero residual and texture, and no real levels yet: the identity.
+    assert torch.allclose(out.refined, x, atol=1e-5)
+    # With real levels, each image takes the black/white levels (1st/99th percentiles) of one real image, picked
+    # by its latent: the refined image's own percentiles land there.
+    gen.set_real_levels(torch.tensor([[0.1, 0.5], [0.3, 0.9]]))
+    picks = RefinerNoise(noise.pixels, torch.tensor([[-3.0, 0.0], [3.0, 0.0]]))  # first, last real image
+    refined = gen(x, torch.zeros(2, 2, 64, 48), picks).refined.detach().numpy()
+    assert np.allclose(np.percentile(refined[0], [1, 99]), [0.1, 0.5], atol=1e-4)
+    assert np.allclose(np.percentile(refined[1], [1, 99]), [0.3, 0.9], atol=1e-4)
+    assert Generator(GeneratorConfig()).load_state_dict(gen.state_dict()) is not None  # levels travel with it
     assert disc(x).shape == (2, 1, 4, 3)  # one logit per patch (4 stride-2 layers)
 
     items = load_dataset(data / "synthetic", labels=True)
