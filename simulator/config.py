@@ -151,19 +151,19 @@ class ShadingConfig:
     edge_gain: float = 0.2
     edge_range_nm: float = 15.0
     edge_step_nm: float = 20.0
-    substrate_texture: float = 0.17
+    substrate_texture: float = 0.06
     texture_scale_nm: float = 1000.0
     texture_ridges: float = 0.6
-    residue_rims: float = 0.6  # relative yield change on the rim of a residue island (0 = none)
+    residue_rims: float = 1.5  # relative yield change on the rim of a residue island (0 = none)
     residue_size_nm: float = 70.0  # typical island diameter
     residue_coverage: float = 0.15  # fraction of the substrate inside islands
-    residue_width_nm: float = 3.5  # rim line width (Gaussian sigma across the rim)
+    residue_width_nm: float = 1.5  # rim line width (Gaussian sigma across the rim)
     facets: float = 0.7
     facet_count: int = 14
     et_fraction: float = 0.45
     et_azimuth_deg: float = 135.0
     et_elevation_deg: float = 35.0
-    et_shadow: float = 0.0
+    et_shadow: float = 0.7
 
     def __post_init__(self) -> None:
         _check_range("shading.beam_energy_keV", self.beam_energy_keV, 0.1, 40.0)
@@ -194,7 +194,7 @@ class ProbeConfig:
     """Beam profile: Gaussian probe, astigmatism and defocus."""
 
     section: ClassVar[str] = "probe"
-    sigma_nm: float = 5.0
+    sigma_nm: float = 3.2
     astigmatism_ratio: float = 1.0
     astigmatism_angle_deg: float = 0.0
     defocus_nm: float = 0.0
@@ -256,7 +256,7 @@ class DetectorConfig:
 
     section: ClassVar[str] = "detector"
     noise: bool = True
-    probe_current_pA: float = 110.0
+    probe_current_pA: float = 200.0
     gain_shape: float = 2.0
     read_noise: float = 0.0
     contrast: float = 0.35

@@ -23,7 +23,7 @@ from simulator.instrument import charge, probe_blur, scan_offsets_px
 from simulator.render import RenderOut, render
 from simulator.shading import facet_normals, residue_rims, shade, substrate_texture
 
-STAGE_STREAMS = ("geometry", "shading", "instrument", "detector")
+STAGE_STREAMS = ("geometry", "shading", "instrument", "detector", "residue")  # append only: keeps the others
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +59,7 @@ def simulate_image(cfg: SimConfig, seed: int, index: int, timings: dict[str, flo
         texture = clock("substrate texture", substrate_texture, shape, px, cfg.shading, rngs["shading"])
     rims = None
     if cfg.shading.residue_rims > 0:
-        rims = clock("substrate residue", residue_rims, shape, px, cfg.shading, rngs["shading"])
+        rims = clock("substrate residue", residue_rims, shape, px, cfg.shading, rngs["residue"])
     normal = clock(
         "facets", facet_normals, buffers, cfg.shading.facets, cfg.shading.facet_count, rngs["shading"]
     )

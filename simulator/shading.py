@@ -8,9 +8,9 @@ Per pixel, the mean number of SE collected per primary electron:
   pull each particle's normals towards a few random facet directions (flat patches, sharp facet edges);
 - material contrast: ``particle_yield`` for TiO2, ``substrate_yield`` * (1 + texture + rims) for the substrate,
   whose faint texture is Perlin fBm plus ridged Perlin lines (``noise`` package, evaluated once on a tileable
-  grid, then placed with a random shift and rotation per image), and whose residue islands (thin dried films,
-  the small closed curls that cover real substrates) show as thin bright rims: the edge effect of a film edge
-  a few nm high, drawn as the level set of a Gaussian random field (``residue_rims``);
+  grid, then placed with a random shift and rotation per image), and whose residue islands (dried droplets and
+  thin film patches: the small closed curls that cover real substrates) show as thin rims: the edge effect and
+  the relief of a film edge a few nm high (``residue_rims``);
 - edge effect: where the beam lands within the SE escape range of an edge (a step down in height by more
   than ``edge_step_nm``: a particle's silhouette, or a particle lying on another), SE escape through the side
   wall too: edge = edge_gain * exp(-d / R), d the distance to that edge, R = edge_range_nm * (E / 20 keV)^1.67
@@ -32,7 +32,6 @@ import noise
 import numba
 import numpy as np
 from scipy.spatial.transform import Rotation
-from scipy.special import ndtri as norm_ppf
 
 from simulator.config import ShadingConfig
 from simulator.particles import fibonacci_sphere
@@ -41,7 +40,6 @@ from simulator.render import RenderOut
 _TILE_PX = 512  # tileable texture: _TILE_CELLS noise cells of _TILE_PX / _TILE_CELLS pixels
 _TILE_CELLS = 8
 _KANAYA_OKAYAMA_EXPONENT = 1.67
-_RESIDUE_OCTAVES = ((1.0, 1.0), (0.5, 0.15))  # (blur scale, weight): island sizes and wiggles
 
 
 def edge_range_nm(cfg: ShadingConfig) -> float:
@@ -99,35 +97,42 @@ def residue_rims(
 ) -> np.ndarray:
     """(H, W) float32: the rims of residue islands on the substrate, relative yield change per unit ``residue_rims``.
 
-    Islands are the excursion set {G > t} of a smooth Gaussian random field G (white noise blurred at three scales,
-    so island sizes vary around ``residue_size_nm``; t puts ``residue_coverage`` of the area inside). Their
-    edges are level-set curves, mostly closed loops; a rim is exp(-d^2 / 2w^2) with d = |G - t| / |grad G| the
-    distance to the curve in px (to first order) and w = ``residue_width_nm``. An in-lens detector sees every
-    rim bright (edge effect); an Everhart-Thornley detector (``et_fraction``) sees relief: the rim side facing it
-    bright, the far side shadowed (negative), factor (1 - f) + 2 f cos(angle to the detector).
+    Islands (dried droplets, thin film patches) are a Boolean model: ellipses with log-normal diameters around
+    ``residue_size_nm`` (sigma of log 0.35, aspect up to 1.4) at Poisson positions, as many as put
+    ``residue_coverage`` of the area inside their union; overlapping ones merge. The film's height profile
+    is their indicator smoothed by a Gaussian of sigma ``residue_width_nm``. An in-lens detector sees its edges
+    bright (edge effect: |grad|, 1 at a step's centre line); an Everhart-Thornley detector (``et_fraction``)
+    sees relief (the slope towards the detector: the facing side bright, the far side shadowed), mixed as
+    (1 - f) |grad h| + 2 f (grad h . towards detector), both scaled so that a step's peak is 1.
     """
     height, width = shape
-    sigma_px = max(cfg.residue_size_nm / (3.0 * pixel_size_nm), 0.5)
-    pad = int(np.ceil(3 * sigma_px))  # blur the noise beyond the frame: no mirrored borders
-    field = np.zeros((height, width), np.float32)
-    for scale, weight in _RESIDUE_OCTAVES:
-        white = rng.standard_normal((height + 2 * pad, width + 2 * pad), dtype=np.float32)
-        smooth = cv2.GaussianBlur(white, (0, 0), sigma_px * scale)[pad : pad + height, pad : pad + width]
-        # white noise blurred by a unit-area Gaussian of sigma s has std 1 / (2 sqrt(pi) s)
-        field += weight * smooth * np.float32(2.0 * np.sqrt(np.pi) * sigma_px * scale)
-    field /= np.float32(np.sqrt(sum(w * w for _, w in _RESIDUE_OCTAVES)))
-    threshold = np.float32(norm_ppf(1.0 - cfg.residue_coverage))
-    gy, gx = np.gradient(field)
-    grad = np.sqrt(gx * gx + gy * gy) + np.float32(1e-6)
-    dist_px = np.abs(field - threshold) / grad
-    width_px = np.float32(cfg.residue_width_nm / pixel_size_nm)
-    rims = np.exp(np.float32(-0.5) * (dist_px / width_px) ** 2)
+    size_px = cfg.residue_size_nm / pixel_size_nm
+    log_sigma = 0.35
+    # Poisson count from the coverage of a Boolean model: 1 - exp(-density * mean area)
+    mean_area_px = np.pi / 4 * size_px**2 * np.exp(2 * log_sigma**2)  # an ellipse of aspect A keeps pi d^2 / 4
+    pad = int(np.ceil(2 * size_px))
+    area = (height + 2 * pad) * (width + 2 * pad)
+    n = rng.poisson(-np.log(1.0 - cfg.residue_coverage) * area / mean_area_px)
+    centre = rng.uniform((-pad, -pad), (width + pad, height + pad), (n, 2))
+    diameter = size_px * np.exp(log_sigma * rng.standard_normal(n))
+    aspect = rng.uniform(1.0, 1.4, n)
+    angle = rng.uniform(0.0, 180.0, n)
+    sub = 16  # cv2 drawing with 4 fractional bits: sub-pixel positions and sizes
+    islands = np.zeros((height, width), np.uint8)
+    for (x, y), d, a, t in zip(np.rint(centre * sub).astype(int), diameter, aspect, angle, strict=True):
+        axes = (max(1, round(d * np.sqrt(a) / 2 * sub)), max(1, round(d / np.sqrt(a) / 2 * sub)))
+        cv2.ellipse(islands, (int(x), int(y)), axes, float(t), 0.0, 360.0, 255, -1, cv2.LINE_AA, 4)
+    width_px = max(cfg.residue_width_nm / pixel_size_nm, 0.3)
+    film = cv2.GaussianBlur(islands.astype(np.float32) / 255.0, (0, 0), width_px)
+    gy, gx = np.gradient(film)
+    peak = np.float32(np.sqrt(2 * np.pi) * width_px)  # 1 / (peak slope of a unit step blurred by width_px)
+    rims = np.minimum(np.sqrt(gx * gx + gy * gy) * peak, 1.0)
     if cfg.et_fraction > 0:
-        # the outward normal of an island is -grad G; the detector lies at et_azimuth_deg (x = column, y = row,
-        # as the particles' normals in _et_collection)
+        # the detector lies at et_azimuth_deg (x = column, y = row, as the particles' normals in _et_collection);
+        # going towards it the film rises on the far side of an island and falls on the near one
         az = np.deg2rad(cfg.et_azimuth_deg)
-        facing = -(gx * np.float32(np.cos(az)) + gy * np.float32(np.sin(az))) / grad
-        rims *= (1.0 - cfg.et_fraction) + 2.0 * cfg.et_fraction * facing  # relief: the far side is shadowed
+        relief = -(gx * np.float32(np.cos(az)) + gy * np.float32(np.sin(az))) * peak
+        rims = (1.0 - cfg.et_fraction) * rims + 2.0 * cfg.et_fraction * np.clip(relief, -1.0, 1.0)
     return rims.astype(np.float32)
 
 

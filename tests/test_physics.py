@@ -17,7 +17,7 @@ from simulator.preview import instance_boundaries
 from simulator.render import RenderOut, render
 from simulator.shading import facet_normals, shade
 
-PLAIN = ShadingConfig(substrate_texture=0.0, edge_gain=0.0, et_fraction=0.0)
+PLAIN = ShadingConfig(substrate_texture=0.0, residue_rims=0.0, edge_gain=0.0, et_fraction=0.0)
 
 
 def _flat_buffers(shape, normal=(0.0, 0.0, 1.0), instance=1) -> RenderOut:
@@ -140,7 +140,8 @@ def test_scan_offsets_follow_the_scan_time():
 
 def test_every_effect_off_reproduces_the_ideal_signal():
     cfg = small_config(
-        shading={"substrate_texture": 0.0, "edge_gain": 0.0, "et_fraction": 0.0, "tilt_exponent": 0.0, "facets": 0.0},
+        shading={"substrate_texture": 0.0, "residue_rims": 0.0, "edge_gain": 0.0, "et_fraction": 0.0,
+                 "tilt_exponent": 0.0, "facets": 0.0},
         probe={"sigma_nm": 0.0}, charging={"strength": 0.0},
         detector={"noise": False, "contrast": 1.0, "brightness": 0.0},
     )
@@ -212,3 +213,44 @@ def test_facets_shade_flat_patches_without_touching_labels():
     faceted = shade(buffers, cfg, px, normal=full)
     plain = shade(buffers, cfg, px)
     assert np.array_equal(faceted[~inside], plain[~inside]) and not np.array_equal(faceted, plain)
+
+
+def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detector():
+    import cv2
+    from scipy import ndimage
+
+    from simulator.shading import residue_rims
+
+    shape, px = (384, 384), 7.344
+    islands_cfg = {"residue_size_nm": 150.0, "residue_width_nm": 7.0, "residue_coverage": 0.3}  # rims >= 1 px
+    in_lens = residue_rims(shape, px, ShadingConfig(et_fraction=0.0, **islands_cfg), np.random.default_rng(3))
+    assert in_lens.min() >= 0 and in_lens.max() <= 1
+    rim = in_lens > 0.5
+    assert 0.02 < rim.mean() < 0.2
+    # Thin lines, not areas: no rim pixel is more than 2 px from the rim's edge.
+    assert cv2.distanceTransform(rim.astype(np.uint8), cv2.DIST_L2, 3).max() <= 2.5
+    # Closed curves: many regions of the substrate are enclosed by a rim (the islands), and islands with their
+    # rims cover about the configured fraction (less the islands cut by the frame).
+    regions, n = ndimage.label(~rim)
+    border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+    islands = np.isin(regions, np.setdiff1d(np.arange(1, n + 1), border))
+    assert len(np.setdiff1d(np.arange(1, n + 1), border)) >= 25
+    assert 0.5 * 0.3 < (islands | rim).mean() < 1.2 * 0.3
+    # Side detector at azimuth 0 (towards +x): the same islands (same draws), their +x rims bright and their
+    # -x rims dark; the opposite azimuth negates the relief.
+    side = {az: residue_rims(shape, px, ShadingConfig(et_fraction=1.0, et_azimuth_deg=az, **islands_cfg),
+                             np.random.default_rng(3)) for az in (0.0, 180.0)}
+    assert np.allclose(side[0.0], -side[180.0], atol=1e-6)
+    leaving = -np.gradient(ndimage.gaussian_filter(islands.astype(np.float32), 1.0), axis=1)  # > 0 on +x edges
+    near = np.abs(leaving) > 0.05
+    assert np.mean(np.sign(side[0.0][near]) == np.sign(leaving[near])) > 0.8
+
+
+def test_residue_rims_change_the_substrate_only():
+    plain = simulate_image(small_config(shading={"residue_rims": 0.0}), 5, 0)
+    rims = simulate_image(small_config(shading={"residue_rims": 0.6}), 5, 0)
+    particle = plain.render.instance_id > 0
+    assert np.array_equal(plain.render.instance_id, rims.render.instance_id)
+    assert np.array_equal(plain.ideal[particle], rims.ideal[particle])  # same draws for everything else
+    substrate = ~particle
+    assert np.abs(rims.ideal[substrate] - plain.ideal[substrate]).max() > 0.05
