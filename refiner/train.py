@@ -12,7 +12,10 @@ Run folder (``run_dir``):
                              synthetic images, appearance gap to the real images, passed, selected
     samples/step_N.png       rows of synthetic | refined | real crops
 
-Each step: the discriminator learns to tell real crops from refined ones (both through the same DiffAugment),
+Each step: the discriminator learns to tell real crops from refined ones (both through the same DiffAugment;
+with ``d_view = "normalised"``, the default, each crop first scaled by its whole image's 1st/99th percentiles,
+as ``eval.realism`` compares images, so the networks learn appearance and not the operator's brightness setting,
+which the generator takes from the real images directly),
 then the generator learns to fool it while its low-passed residual stays near zero (content loss) and the
 deciles of its neighbour differences (noise level and texture) match the real crops' (and, if enabled, its
 fine-band power spectrum). A resumed run continues at the saved step with
@@ -70,6 +73,7 @@ from refiner.nets import (
     DiscriminatorConfig,
     Generator,
     GeneratorConfig,
+    GeneratorOut,
     RefinerNoise,
     build_networks,
     image_noise,
@@ -212,6 +216,16 @@ def normalise_levels(image, low, high):
     return (image - low) / (high - low) * 0.5 + 0.25
 
 
+def refined_view(gen: Generator, out: GeneratorOut, refined: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Refined crops as the discriminator sees them with ``d_view = "normalised"``: scaled by the levels their
+    whole refined image has, i.e. the synthetic image's ``levels`` through the tone curve and the per-image map
+    (exact up to the local residual and texture, which are bounded and near zero on average). The per-image
+    map cancels: the view does not depend on which real image's levels were drawn."""
+    low = out.gain * gen.tone(levels[:, 0]) + out.offset
+    high = out.gain * gen.tone(levels[:, 1]) + out.offset
+    return normalise_levels(refined, low[:, None, None, None], high[:, None, None, None])
+
+
 def appearance_statistics(images: list[np.ndarray], normalised: bool = False) -> dict[str, np.ndarray]:
     """Pooled intensity quantiles and mean log power spectrum (periods 2-64 px) of some images (each first
     scaled by its own levels when ``normalised``)."""
@@ -313,14 +327,10 @@ def _adversarial_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Op
     out = gen(syn, cond, RefinerNoise.draw(tuple(syn.shape), g_noise).to(dev), syn_levels)
     fake = quantize_ste(out.refined, real_bits)  # the grey levels the real images have
     if config.d_view == "normalised":
-        # Both sides scaled by their whole image's levels: what eval.realism compares. The refined image's levels
-        # are its synthetic image's, through the tone curve and the per-image map (up to the residuals).
-        per = lambda t: t[:, None, None, None]  # noqa: E731
-        low = out.gain * gen.tone(syn_levels[:, 0]) + out.offset
-        high = out.gain * gen.tone(syn_levels[:, 1]) + out.offset
-        fake = normalise_levels(fake, per(low), per(high))
+        # Both sides scaled by their whole image's levels: what eval.realism compares.
+        fake = refined_view(gen, out, fake, syn_levels)
         levels = batch.real_levels.to(dev)
-        real_crops = normalise_levels(real_crops, per(levels[:, 0]), per(levels[:, 1]))
+        real_crops = normalise_levels(real_crops, levels[:, 0, None, None, None], levels[:, 1, None, None, None])
 
     # Discriminator: real vs refined crops, both augmented the same way, in one batch (so that BatchNorm
     # statistics are shared and a global difference in tone stays visible to it).

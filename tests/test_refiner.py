@@ -101,6 +101,29 @@ def test_shapes_dtypes_and_identity_at_start(data):
         gen(x, torch.zeros(2, 1, 64, 48), noise)
 
 
+
+def test_discriminator_view_matches_the_realism_normalisation_and_ignores_the_drawn_levels():
+    from eval.realism import ImageSet, normalized
+    from refiner.data import image_levels
+    from refiner.train import refined_view
+
+    gen, _ = build_networks(GeneratorConfig(texture=False), DiscriminatorConfig(), seed=0)
+    with torch.no_grad():  # a non-trivial monotone tone curve
+        gen.tone.raw.copy_(torch.linspace(-3, 1, len(gen.tone.raw)))
+    gen.set_real_levels(torch.tensor([[0.05, 0.4], [0.2, 0.7]]))  # no clipping at 0 or 1 here
+    image = torch.rand(1, 1, 96, 96, generator=torch.Generator().manual_seed(0)) ** 3
+    levels = torch.tensor([image_levels(image[0, 0].numpy())])
+    views = []
+    for pick in (-3.0, 3.0):  # the first and the last real image's levels
+        noise = RefinerNoise(torch.zeros_like(image), torch.tensor([[pick, 0.0]]))
+        out = gen(image, torch.zeros(1, 2, 96, 96), noise, levels)
+        views.append(refined_view(gen, out, out.refined, levels))
+        # what eval.realism sees of the whole refined image (zero residual: exact)
+        whole = normalized(ImageSet("r", (out.refined[0, 0].detach().numpy(),), ("r",), 1.0)).images[0]
+        assert np.allclose(views[-1][0, 0].detach().numpy(), whole, atol=1e-4)
+    assert torch.allclose(views[0], views[1], atol=1e-5)
+    assert not torch.allclose(out.refined, image, atol=1e-2)
+
 def test_boundary_map_oracle():
     labels = np.zeros((6, 6), np.int32)
     labels[1:4, 1:3] = 1
