@@ -154,7 +154,7 @@ class ShadingConfig:
     substrate_texture: float = 0.06
     texture_scale_nm: float = 1000.0
     texture_ridges: float = 0.6
-    residue_rims: float = 1.5  # relative yield change on the rim of a residue island (0 = none)
+    residue_rims: float = 1.0  # relative yield change on the rim of a residue island (0 = none)
     residue_size_nm: float = 70.0  # typical island diameter
     residue_coverage: float = 0.15  # fraction of the substrate inside islands
     residue_width_nm: float = 1.5  # rim line width (Gaussian sigma across the rim)
@@ -164,6 +164,9 @@ class ShadingConfig:
     et_azimuth_deg: float = 135.0
     et_elevation_deg: float = 35.0
     et_shadow: float = 0.7
+    base_occlusion: float = 0.6  # SE yield lost at a particle's foot by the substrate beside it (0 = none)
+    base_occlusion_range_nm: float = 40.0  # ... fading over this distance from the particle
+    et_shadow_range_nm: float = 25.0  # shadows fade over this distance from the particle (0 = line of sight)
 
     def __post_init__(self) -> None:
         _check_range("shading.beam_energy_keV", self.beam_energy_keV, 0.1, 40.0)
@@ -186,6 +189,9 @@ class ShadingConfig:
         _check_range("shading.et_fraction", self.et_fraction, 0.0, 1.0)
         _check_range("shading.et_azimuth_deg", self.et_azimuth_deg, -360.0, 360.0)
         _check_range("shading.et_elevation_deg", self.et_elevation_deg, 1.0, 89.0)
+        _check_range("shading.et_shadow_range_nm", self.et_shadow_range_nm, 0.0, 1e6)
+        _check_range("shading.base_occlusion", self.base_occlusion, 0.0, 1.0)
+        _check_range("shading.base_occlusion_range_nm", self.base_occlusion_range_nm, 0.0, 1e6)
         _check_range("shading.et_shadow", self.et_shadow, 0.0, 1.0)
 
 

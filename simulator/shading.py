@@ -11,6 +11,9 @@ Per pixel, the mean number of SE collected per primary electron:
   grid, then placed with a random shift and rotation per image), and whose residue islands (dried droplets and
   thin film patches: the small closed curls that cover real substrates) show as thin rims: the edge effect and
   the relief of a film edge a few nm high (``residue_rims``);
+- base occlusion: substrate beside a particle loses the SE whose escape paths the particle's side wall takes
+  (``base_occlusion`` at the silhouette, fading over ``base_occlusion_range_nm``): the dark halo at the foot of
+  every particle;
 - edge effect: where the beam lands within the SE escape range of an edge (a step down in height by more
   than ``edge_step_nm``: a particle's silhouette, or a particle lying on another), SE escape through the side
   wall too: edge = edge_gain * exp(-d / R), d the distance to that edge, R = edge_range_nm * (E / 20 keV)^1.67
@@ -201,6 +204,11 @@ def _et_collection(render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float) 
     blocked = _blocked_rows(turned, float(np.tan(el) * 2 * pixel_size_nm)).astype(np.float32)
     back = cv2.warpAffine(blocked, turn, (small_w, small_h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
+    if cfg.et_shadow_range_nm > 0:
+        # The collector's field bends SE paths around obstacles: only points close to one lose their SE.
+        free = (~particle).astype(np.uint8)
+        dist_nm = cv2.distanceTransform(free, cv2.DIST_L2, 3) * np.float32(pixel_size_nm)
+        back *= np.exp(-dist_nm / np.float32(cfg.et_shadow_range_nm))
     return facing * (1.0 - cfg.et_shadow * back)
 
 
@@ -269,6 +277,12 @@ def shade(
         dist_px = _edge_distance_px(render.height_nm, cfg.edge_step_nm)
         on_particle *= 1.0 + cfg.edge_gain * np.exp(-dist_px[particle] * (pixel_size_nm / edge_range_nm(cfg)))
     delta[particle] = on_particle
+    if cfg.base_occlusion > 0 and cfg.base_occlusion_range_nm > 0 and np.any(particle):
+        # SE leaving the substrate beside a particle: part of their escape hemisphere is the particle's side wall
+        substrate = ~particle
+        dist_nm = cv2.distanceTransform(substrate.astype(np.uint8), cv2.DIST_L2, 3)[substrate] * pixel_size_nm
+        lost = cfg.base_occlusion * np.exp(-dist_nm / cfg.base_occlusion_range_nm)
+        delta[substrate] *= (1.0 - lost).astype(np.float32)
     if cfg.et_fraction > 0:
         delta *= (1.0 - cfg.et_fraction) + cfg.et_fraction * _et_collection(render, cfg, pixel_size_nm)
     return np.maximum(delta, 0.0).astype(np.float32)

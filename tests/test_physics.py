@@ -17,7 +17,7 @@ from simulator.preview import instance_boundaries
 from simulator.render import RenderOut, render
 from simulator.shading import facet_normals, shade
 
-PLAIN = ShadingConfig(substrate_texture=0.0, residue_rims=0.0, edge_gain=0.0, et_fraction=0.0)
+PLAIN = ShadingConfig(substrate_texture=0.0, residue_rims=0.0, edge_gain=0.0, et_fraction=0.0, base_occlusion=0.0)
 
 
 def _flat_buffers(shape, normal=(0.0, 0.0, 1.0), instance=1) -> RenderOut:
@@ -141,7 +141,7 @@ def test_scan_offsets_follow_the_scan_time():
 def test_every_effect_off_reproduces_the_ideal_signal():
     cfg = small_config(
         shading={"substrate_texture": 0.0, "residue_rims": 0.0, "edge_gain": 0.0, "et_fraction": 0.0,
-                 "tilt_exponent": 0.0, "facets": 0.0},
+                 "tilt_exponent": 0.0, "facets": 0.0, "base_occlusion": 0.0},
         probe={"sigma_nm": 0.0}, charging={"strength": 0.0},
         detector={"noise": False, "contrast": 1.0, "brightness": 0.0},
     )
@@ -155,12 +155,20 @@ def test_every_effect_off_reproduces_the_ideal_signal():
 def test_side_detector_shadows_the_far_side_of_a_particle():
     px, r = 4.0, 80.0
     buffers = render(spheres([100 * px, 50 * px, r], r), 200, 100, px)
-    cfg = dataclasses.replace(PLAIN, et_fraction=1.0, et_azimuth_deg=0.0, et_elevation_deg=30.0, et_shadow=0.8)
+    cfg = dataclasses.replace(PLAIN, et_fraction=1.0, et_azimuth_deg=0.0, et_elevation_deg=30.0, et_shadow=0.8,
+                              et_shadow_range_nm=0.0)
     signal = shade(buffers, cfg, px)
     row = signal[50]
     gap = int(r / px) + 5
     towards, away = row[100 + gap : 100 + gap + 10].mean(), row[100 - gap - 10 : 100 - gap].mean()
     assert away < 0.5 * towards  # substrate in the particle's shadow, on the side away from the detector
+    # With a range, the shadow fades with the distance from the particle: loss 0.8 exp(-d / range).
+    faded = shade(buffers, dataclasses.replace(cfg, et_shadow_range_nm=20.0), px)[50]
+    edge = 100 - int(r / px)  # first substrate column left of the silhouette, about
+    for d_px in (2, 10):
+        d_nm = d_px * px
+        loss = 1 - faded[edge - d_px] / towards
+        assert loss == pytest.approx(0.8 * np.exp(-d_nm / 20.0), abs=0.1)
     facing, turned_away = signal[50, 100 + 10], signal[50, 100 - 10]
     assert facing > turned_away  # the side of the particle that faces the detector is brighter
 
@@ -254,3 +262,20 @@ def test_residue_rims_change_the_substrate_only():
     assert np.array_equal(plain.ideal[particle], rims.ideal[particle])  # same draws for everything else
     substrate = ~particle
     assert np.abs(rims.ideal[substrate] - plain.ideal[substrate]).max() > 0.05
+
+
+@pytest.mark.parametrize("range_nm", [20.0, 60.0])
+def test_base_occlusion_darkens_the_substrate_at_a_particles_foot_and_fades_over_its_range(range_nm):
+    import cv2
+
+    px, r = 2.0, 60.0
+    buffers = render(spheres([100 * px, 100 * px, r], r), 200, 200, px)
+    cfg = dataclasses.replace(PLAIN, base_occlusion=0.5, base_occlusion_range_nm=range_nm)
+    dark, plain = shade(buffers, cfg, px), shade(buffers, PLAIN, px)
+    particle = buffers.instance_id > 0
+    assert np.array_equal(dark[particle], plain[particle])
+    dist_nm = cv2.distanceTransform((~particle).astype(np.uint8), cv2.DIST_L2, 5) * px
+    loss = 1 - dark / plain  # fraction of the substrate yield lost
+    for d_nm in (5.0, range_nm, 3 * range_nm):
+        ring = ~particle & (np.abs(dist_nm - d_nm) < 1.0)
+        assert np.median(loss[ring]) == pytest.approx(0.5 * np.exp(-d_nm / range_nm), abs=0.02)
