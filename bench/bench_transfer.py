@@ -64,7 +64,8 @@ def main() -> None:
         print(f"refined the training images in {time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     for name, data in (("procedural", out / "synthetic_train"), ("refined", refined), ("real", out / "real_train")):
-        ckpt = out / f"unet_{name}.pt"
+        tag = f"{name}_s{args.seed}" if args.seed else name  # seed 0 keeps the plain names
+        ckpt = out / f"unet_{tag}.pt"
         if name not in wanted and not ckpt.exists():
             continue
         start = time.perf_counter()
@@ -72,7 +73,7 @@ def main() -> None:
             train_unet([data], ckpt, steps=args.steps, crop_px=args.crop_px, seed=args.seed, device=args.device,
                        overwrite=True)
         train_s = time.perf_counter() - start
-        metrics = evaluate(out / "real_heldout", load_model(f"unet:{ckpt}"), out / f"eval_{name}",
+        metrics = evaluate(out / "real_heldout", load_model(f"unet:{ckpt}"), out / f"eval_{tag}",
                            EvaluateConfig(n_resamples=500), report=True)["metrics"]
         results[name] = {"train_s": train_s, **{k: metrics[k] for k in KEYS}}
         print(f"{name}: trained {args.steps} steps in {train_s:.0f} s; " + ", ".join(
@@ -84,7 +85,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name} | " + " | ".join(f"{r[k]['value']:.3f} [{r[k]['ci_low']:.3f}, {r[k]['ci_high']:.3f}]"
                                           for k in KEYS) + " |")
-    (out / "transfer.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+    (out / (f"transfer_s{args.seed}.json" if args.seed else "transfer.json")).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                                    "results": results}, indent=1, default=float))
 
 
