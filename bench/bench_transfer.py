@@ -85,8 +85,9 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name} | " + " | ".join(f"{r[k]['value']:.3f} [{r[k]['ci_low']:.3f}, {r[k]['ci_high']:.3f}]"
                                           for k in KEYS) + " |")
-    (out / (f"transfer_s{args.seed}.json" if args.seed else "transfer.json")).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                   "results": results}, indent=1, default=float))
+    name = f"transfer_s{args.seed}.json" if args.seed else "transfer.json"
+    (out / name).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+                                       indent=1, default=float))
 
 
 if __name__ == "__main__":
