@@ -49,6 +49,8 @@ width_px = 160
 height_px = 120
 [field]
 primaries_per_um2 = 25.0
+[probe]
+sigma_nm = 5.0
 [sweep]
 mode = "oat"
 images_per_point = 5

@@ -31,10 +31,10 @@ primaries_per_um2 = 20.0
 
 
 def test_sweep_expansion_oat_grid_lhs_sobol():
-    nominal = small_config()
+    nominal = small_config(probe={"sigma_nm": 5.0})
     oat = expand(parse_sweep({"mode": "oat", "factors": {"probe.sigma_nm": [2.0, 5.0, 9.0],
                                                          "aggregate.overlap": [0.0, 0.2]}}), nominal)
-    # Nominal first (sigma 5 and overlap 0.1 are the defaults), then each factor's levels; 5.0 is not repeated.
+    # Nominal first (sigma 5 as set, overlap 0.1 the default), then each factor's levels; 5.0 is not repeated.
     assert [p.factors for p in oat] == [
         {"probe.sigma_nm": 5.0, "aggregate.overlap": 0.1},
         {"probe.sigma_nm": 2.0, "aggregate.overlap": 0.1},
@@ -82,6 +82,8 @@ def test_bad_sweeps_are_refused_with_the_key(sweep, message):
 def test_sweep_dataset_records_points_and_keeps_common_random_numbers(tmp_path):
     cfg_path = tmp_path / "sweep.toml"
     cfg_path.write_text(TINY + """
+[probe]
+sigma_nm = 5.0
 [sweep]
 mode = "oat"
 images_per_point = 2
