@@ -56,7 +56,7 @@ from refiner.apply import apply
 from refiner.data import load_dataset
 from refiner.fidelity import FidelityThresholds, default_segmenter, label_fidelity, mean_fidelity
 from refiner.nets import GeneratorConfig
-from refiner.train import FidelityWarning, RefinerConfig, StepInfo, train
+from refiner.train import FidelityWarning, RefinerConfig, StepInfo, TrainResult, select_checkpoint, train
 from simulator.config import load_config
 from simulator.dataset import write_dataset
 
@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--reuse", action="store_true", help="keep datasets already in --out (skip simulate/ingest)")
     ap.add_argument("--resume", action="store_true", help="resume the training run in --out/run")
+    ap.add_argument("--skip-training", action="store_true",
+                    help="score the finished run in --out/run again (its generator selected by the current rule)")
     ap.add_argument("--transfer", action="store_true", help="also run the transfer experiment hook")
     args = ap.parse_args()
     if not (args.reference / "SEM").is_dir():
@@ -188,7 +190,7 @@ def main() -> None:
     config = RefinerConfig(d_view=args.d_view, generator=GeneratorConfig(levels=args.levels,
                                                                            texture=not args.no_texture))
     run = out / "run"
-    if run.exists() and not args.resume:
+    if run.exists() and not (args.resume or args.skip_training):
         shutil.rmtree(run)
     print(f"training {args.steps} steps ({args.crop_px} px crops, batch {args.batch_size}, {args.threads} "
           f"thread(s), segmenter: {seg_name}) -> {run}", file=sys.stderr)
@@ -208,13 +210,21 @@ def main() -> None:
                   file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", FidelityWarning)
-        result = train(syn_train, real_train, run, steps=args.steps, crop_px=args.crop_px,
-                       batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                       on_step=progress, sample_every=args.sample_every, checkpoint_every=args.checkpoint_every,
-                       config=config, segmenter=segmenter)
-    timings["train_s"] = time.perf_counter() - t0
+    if args.skip_training:  # score the run already in --out/run, selecting its generator by config.select
+        selected = select_checkpoint(run, config.select)
+        evaluations = [json.loads(line) for line in (run / "fidelity.jsonl").read_text().splitlines() if line]
+        steps_done = max(e["step"] for e in evaluations)
+        result = TrainResult(str(run), steps_done, selected, evaluations, float("nan"), float("nan"))
+        print(f"existing run {run}: {steps_done} steps, selected checkpoint {selected} ({config.select})",
+              file=sys.stderr)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", FidelityWarning)
+            result = train(syn_train, real_train, run, steps=args.steps, crop_px=args.crop_px,
+                           batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
+                           on_step=progress, sample_every=args.sample_every,
+                           checkpoint_every=args.checkpoint_every, config=config, segmenter=segmenter)
+    timings["train_s"] = time.perf_counter() - t0 if not args.skip_training else float("nan")
     timings["train_s_per_step"] = result.seconds_per_step
     if result.selected_step is None:
         raise SystemExit("no checkpoint passed the label-fidelity checks; see " + str(run / "fidelity.jsonl"))

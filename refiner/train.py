@@ -5,8 +5,9 @@ Run folder (``run_dir``):
     config.json              the resolved training config (checked on resume)
     checkpoint.pt            latest full state: networks, optimisers, every RNG state, step (atomic)
     generators/step_N.pt     the generator at each checkpoint (small)
-    generator.pt             the selected generator: among checkpoints that pass the label-fidelity checks,
-                             the one with the smallest appearance gap to the real images (``apply`` uses it)
+    generator.pt             the selected generator: the latest checkpoint that passes the label-fidelity checks
+                             (``select = "appearance"``: the passing one with the smallest appearance gap to the
+                             real images); ``apply`` uses it
     log.jsonl                losses per step
     fidelity.jsonl           per checkpoint (and step 0 = the unrefined images): label fidelity on held-out
                              synthetic images, appearance gap to the real images, passed, selected
@@ -82,7 +83,8 @@ from refiner.nets import (
 from simulator.dataset import atomic_write_bytes, atomic_write_json, encode_png
 
 EVAL_NOISE_SEED = 12345  # noise of the held-out evaluation images: the same at every checkpoint
-_RESUMABLE = ("steps", "sample_every", "checkpoint_every")  # may change between a run and its resumption
+_RESUMABLE = ("steps", "sample_every", "checkpoint_every")
+SELECT_RULES = ("last", "appearance")  # may change between a run and its resumption
 
 
 class FidelityWarning(UserWarning):
@@ -110,6 +112,8 @@ class RefinerConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     holdout_images: int = 2  # last synthetic images: never trained on, used for the fidelity checks
+    select: str = "last"  # generator.pt: the latest checkpoint that passes the fidelity checks ("last") or the
+    # passing one with the smallest appearance gap ("appearance"; on 2 held-out images a weak signal)
     n_samples: int = 3  # rows of the sample grids
 
     def __post_init__(self):
@@ -125,6 +129,8 @@ class RefinerConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError(f"Adam betas must be in [0, 1), got {(self.beta1, self.beta2)!r}")
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {SELECT_RULES}, got {self.select!r}")
         if self.holdout_images < 1:
             raise ValueError(f"holdout_images must be >= 1, got {self.holdout_images!r}")
         if self.n_samples < 1:
@@ -312,9 +318,35 @@ def _write_evaluations(path: Path, evaluations: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(e) + "\n" for e in evaluations).encode())
 
 
-def _select(evaluations: list[dict]) -> dict | None:
+def _select(evaluations: list[dict], rule: str) -> dict | None:
     candidates = [e for e in evaluations if e["step"] > 0 and e["passed"]]
-    return min(candidates, key=lambda e: (e["appearance"]["gap"], -e["step"])) if candidates else None
+    if not candidates:
+        return None
+    if rule == "last":
+        return max(candidates, key=lambda e: e["step"])
+    return min(candidates, key=lambda e: (e["appearance"]["gap"], -e["step"]))
+
+
+def select_checkpoint(run_dir: str | Path, rule: str) -> int | None:
+    """Select generator.pt of a finished run again, by ``rule`` (see ``RefinerConfig.select``), from its
+    per-checkpoint generators and fidelity.jsonl; returns the selected step (None: no checkpoint passed)."""
+    run_dir = Path(run_dir)
+    if rule not in SELECT_RULES:
+        raise ValueError(f"select must be one of {SELECT_RULES}, got {rule!r}")
+    path = run_dir / "fidelity.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no fidelity.jsonl (not a refiner run folder)")
+    evaluations = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    best = _select(evaluations, rule)
+    if best is not None:
+        source = run_dir / "generators" / f"step_{best['step']:06d}.pt"
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: the selected checkpoint's generator is missing")
+        atomic_write_bytes(run_dir / "generator.pt", source.read_bytes())
+    for e in evaluations:
+        e["selected"] = e is best
+    _write_evaluations(path, evaluations)
+    return None if best is None else best["step"]
 
 
 def _adversarial_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Optimizer,
@@ -499,9 +531,9 @@ def train(
         meta = {"step": step, "config": run_cfg, "fidelity": record["fidelity"], "appearance": record["appearance"]}
         snapshot = run_dir / "generators" / f"step_{step:06d}.pt"
         atomic_torch_save({**meta, "generator": gen.state_dict()}, snapshot)
-        best_before = _select(evaluations)
+        best_before = _select(evaluations, config.select)
         evaluations.append({**record, "selected": False})
-        best = _select(evaluations)
+        best = _select(evaluations, config.select)
         if best is not None and best is not best_before:
             atomic_torch_save({**meta, "generator": gen.state_dict()}, run_dir / "generator.pt")
         for e in evaluations:
@@ -536,7 +568,7 @@ def train(
             on_step(StepInfo(step, steps, losses, time.perf_counter() - t_start, evaluation, sample_png))
     _append_jsonl(run_dir / "log.jsonl", pending)
     done = steps - start
-    best = _select(evaluations)
+    best = _select(evaluations, config.select)
     if best is None:
         warnings.warn(f"{run_dir}: no checkpoint passed the label-fidelity checks; generator.pt was not written "
                       "(lower the learning rates or raise content_weight)", FidelityWarning, stacklevel=2)

@@ -34,7 +34,7 @@ from refiner.nets import (
     image_noise,
     refine_array,
 )
-from refiner.train import FidelityWarning, RefinerConfig, load_generator, train
+from refiner.train import FidelityWarning, RefinerConfig, load_generator, select_checkpoint, train
 from simulator.check import check_dataset
 from simulator.dataset import write_dataset
 
@@ -284,9 +284,18 @@ def test_training_learns_the_real_appearance(data, trained):
     steps = [e["step"] for e in result.evaluations]
     assert steps == [0, 30, 60] and meta["step"] == 60
     assert all(0 <= e["fidelity"]["segmenter_miou"] <= 1 for e in result.evaluations)
-    if result.selected_step is not None:
-        assert (run / "generator.pt").exists()
+    passing = [e["step"] for e in result.evaluations if e["step"] > 0 and e["passed"]]
+    assert result.selected_step == (max(passing) if passing else None)  # select = "last"
+    if passing:
         assert torch.load(run / "generator.pt", weights_only=False)["step"] == result.selected_step
+        # Selecting again by another rule rewrites generator.pt and the flags; then back to the run's rule.
+        by_gap = min((e for e in result.evaluations if e["step"] in passing),
+                     key=lambda e: (e["appearance"]["gap"], -e["step"]))["step"]
+        assert select_checkpoint(run, "appearance") == by_gap
+        assert torch.load(run / "generator.pt", weights_only=False)["step"] == by_gap
+        flags = [json.loads(line)["selected"] for line in (run / "fidelity.jsonl").read_text().splitlines()]
+        assert flags == [e["step"] == by_gap for e in result.evaluations]
+        assert select_checkpoint(run, "last") == result.selected_step
     grid = cv2.imread(str(run / "samples" / "step_000060.png"), cv2.IMREAD_UNCHANGED)
     assert grid.shape == (2 * 64 + 4, 3 * 64 + 8)
 
