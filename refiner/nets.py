@@ -293,7 +293,6 @@ class Generator(nn.Module):
         return GeneratorOut(refined=refined, toned=toned, residual=residual, texture=texture, gain=gain,
                             offset=offset)
 
-
     def _levels_map(self, x: torch.Tensor, latent: torch.Tensor, levels: torch.Tensor | None):
         """Per-image gain and offset, (B,) each."""
         if self.cfg.levels == "learned":
