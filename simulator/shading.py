@@ -178,8 +178,17 @@ def _blocked_rows(h: np.ndarray, rise_per_px: float) -> np.ndarray:
     return blocked
 
 
-def _et_collection(render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float) -> np.ndarray:
+def _distance_to_particles_nm(particle: np.ndarray, pixel_size_nm: float) -> np.ndarray:
+    """(H, W) float32: distance of every pixel from the nearest particle pixel, in nm (0 on particles)."""
+    return cv2.distanceTransform((~particle).astype(np.uint8), cv2.DIST_L2, 3) * np.float32(pixel_size_nm)
+
+
+def _et_collection(
+    render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float, dist_nm: np.ndarray | None = None
+) -> np.ndarray:
     """Relative collection efficiency of a side (Everhart-Thornley) detector: facing term times shadowing.
+
+    ``dist_nm``: ``_distance_to_particles_nm`` when the caller has it (computed here otherwise).
 
     Shadowing: the height map is turned so that the detector lies towards +x, each row is scanned once for
     the horizon (O(pixels)), and the blocked mask is turned back.
@@ -206,8 +215,8 @@ def _et_collection(render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float) 
     back = cv2.resize(back, (width, height), interpolation=cv2.INTER_LINEAR)
     if cfg.et_shadow_range_nm > 0:
         # The collector's field bends SE paths around obstacles: only points close to one lose their SE.
-        free = (~particle).astype(np.uint8)
-        dist_nm = cv2.distanceTransform(free, cv2.DIST_L2, 3) * np.float32(pixel_size_nm)
+        if dist_nm is None:
+            dist_nm = _distance_to_particles_nm(particle, pixel_size_nm)
         back *= np.exp(-dist_nm / np.float32(cfg.et_shadow_range_nm))
     return facing * (1.0 - cfg.et_shadow * back)
 
@@ -277,12 +286,16 @@ def shade(
         dist_px = _edge_distance_px(render.height_nm, cfg.edge_step_nm)
         on_particle *= 1.0 + cfg.edge_gain * np.exp(-dist_px[particle] * (pixel_size_nm / edge_range_nm(cfg)))
     delta[particle] = on_particle
-    if cfg.base_occlusion > 0 and cfg.base_occlusion_range_nm > 0 and np.any(particle):
+    # One distance map serves the base occlusion and the fading side-detector shadows.
+    dist_nm = None
+    if np.any(particle) and ((cfg.base_occlusion > 0 and cfg.base_occlusion_range_nm > 0)
+                             or (cfg.et_fraction > 0 and cfg.et_shadow > 0 and cfg.et_shadow_range_nm > 0)):
+        dist_nm = _distance_to_particles_nm(particle, pixel_size_nm)
+    if cfg.base_occlusion > 0 and cfg.base_occlusion_range_nm > 0 and dist_nm is not None:
         # SE leaving the substrate beside a particle: part of their escape hemisphere is the particle's side wall
         substrate = ~particle
-        dist_nm = cv2.distanceTransform(substrate.astype(np.uint8), cv2.DIST_L2, 3)[substrate] * pixel_size_nm
-        lost = cfg.base_occlusion * np.exp(-dist_nm / cfg.base_occlusion_range_nm)
+        lost = cfg.base_occlusion * np.exp(-dist_nm[substrate] / cfg.base_occlusion_range_nm)
         delta[substrate] *= (1.0 - lost).astype(np.float32)
     if cfg.et_fraction > 0:
-        delta *= (1.0 - cfg.et_fraction) + cfg.et_fraction * _et_collection(render, cfg, pixel_size_nm)
+        delta *= (1.0 - cfg.et_fraction) + cfg.et_fraction * _et_collection(render, cfg, pixel_size_nm, dist_nm)
     return np.maximum(delta, 0.0).astype(np.float32)
