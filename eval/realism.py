@@ -418,12 +418,28 @@ class RealismReport:
         }
 
 
+LEVEL_PERCENTILES = (1.0, 99.0)  # an image's black and white levels: these intensity percentiles
+
+
+def image_levels(image: np.ndarray) -> tuple[float, float]:
+    """(low, high): the image's 1st and 99th intensity percentiles, its black and white level as the operator
+    set them."""
+    low, high = np.percentile(image, LEVEL_PERCENTILES)
+    return float(low), float(high)
+
+
+def scale_to_levels(image, low, span):
+    """An image (array or tensor; ``low`` and ``span`` scalars or broadcastable) scaled so that its levels
+    ``low`` and ``low + span`` map to 0.25 and 0.75."""
+    return (image - low) / span * 0.5 + 0.25
+
+
 def normalized(images: ImageSet) -> ImageSet:
-    """Each image scaled so that its 1st and 99th intensity percentiles map to 0.25 and 0.75."""
+    """Each image scaled so that its levels (1st and 99th intensity percentiles) map to 0.25 and 0.75."""
     out = []
     for im in images.images:
-        lo, hi = np.percentile(im, [1, 99])
-        out.append(((im - lo) / max(hi - lo, 1e-6) * 0.5 + 0.25).astype(np.float32))
+        lo, hi = image_levels(im)
+        out.append(scale_to_levels(im.astype(np.float64), lo, max(hi - lo, 1e-6)).astype(np.float32))
     return ImageSet(images.name, tuple(out), images.names, images.pixel_size_nm)
 
 

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import torch
 
+from eval.realism import image_levels  # the levels eval.realism normalises by
 from simulator.dataset import read_png
 
 N_CONDITION_CHANNELS = 2  # foreground, instance boundary
-LEVEL_PERCENTILES = (1.0, 99.0)  # an image's levels: these intensity percentiles (as eval.realism.normalized)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +76,6 @@ def load_dataset(folder: str | Path, *, labels: bool, limit: int | None = None,
             raise ValueError(f"{folder}: image {rec['file_name']!r} has pixel_size_nm {px!r}, expected > 0")
         out.append(DatasetImage(rec["file_name"], image, ids, float(px), bits))
     return out
-
-
-def image_levels(image: np.ndarray) -> tuple[float, float]:
-    """(low, high): the image's 1st and 99th intensity percentiles, its black and white level as the operator
-    set them (eval.realism scales every image by these before comparing sets)."""
-    low, high = np.percentile(image, LEVEL_PERCENTILES)
-    return float(low), float(high)
 
 
 def boundary_map(labels: np.ndarray) -> np.ndarray:
@@ -149,6 +142,11 @@ class CropSampler:
         self._real = [torch.from_numpy(d.image)[None] for d in real]
         self._syn_levels = torch.tensor([image_levels(d.image) for d in synthetic], dtype=torch.float32)
         self._real_levels = torch.tensor([image_levels(d.image) for d in real], dtype=torch.float32)
+
+    @property
+    def real_levels(self) -> torch.Tensor:
+        """(n, 2) float32 ``image_levels`` of every real image."""
+        return self._real_levels
 
     def _crop(self, arrays: list[torch.Tensor], top: int, left: int, flips: torch.Tensor) -> list:
         out = []

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from refiner.data import N_CONDITION_CHANNELS, image_levels
+from eval.realism import image_levels
+from refiner.data import N_CONDITION_CHANNELS
 from refiner.losses import low_pass
 
 LEVEL_MODES = ("real", "learned", "none")

@@ -39,12 +39,12 @@ import numpy as np
 import torch
 
 from eval.image_stats import radial_power_spectrum
+from eval.realism import image_levels, scale_to_levels
 from refiner.data import (
     CropBatch,
     CropSampler,
     DatasetImage,
     condition_channels,
-    image_levels,
     load_dataset,
     resample_to,
 )
@@ -83,8 +83,8 @@ from refiner.nets import (
 from simulator.dataset import atomic_write_bytes, atomic_write_json, encode_png
 
 EVAL_NOISE_SEED = 12345  # noise of the held-out evaluation images: the same at every checkpoint
-_RESUMABLE = ("steps", "sample_every", "checkpoint_every")
-SELECT_RULES = ("last", "appearance")  # may change between a run and its resumption
+_RESUMABLE = ("steps", "sample_every", "checkpoint_every")  # may change between a run and its resumption
+SELECT_RULES = ("last", "appearance")
 
 
 class FidelityWarning(UserWarning):
@@ -216,12 +216,6 @@ def _spectrum(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return freq[band], np.log10(power[band] + 1e-20)
 
 
-def normalise_levels(image, low, high):
-    """An image (array or tensor) scaled so that its levels ``low``, ``high`` map to 0.25 and 0.75 (as
-    eval.realism.normalized): what the discriminator sees with ``d_view = "normalised"``."""
-    return (image - low) / (high - low) * 0.5 + 0.25
-
-
 def refined_view(gen: Generator, out: GeneratorOut, refined: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """Refined crops as the discriminator sees them with ``d_view = "normalised"``: scaled by the levels their
     whole refined image has, i.e. the synthetic image's ``levels`` through the tone curve and the per-image map
@@ -229,14 +223,15 @@ def refined_view(gen: Generator, out: GeneratorOut, refined: torch.Tensor, level
     map cancels: the view does not depend on which real image's levels were drawn."""
     low = out.gain * gen.tone(levels[:, 0]) + out.offset
     high = out.gain * gen.tone(levels[:, 1]) + out.offset
-    return normalise_levels(refined, low[:, None, None, None], high[:, None, None, None])
+    return scale_to_levels(refined, low[:, None, None, None], (high - low)[:, None, None, None])
 
 
 def appearance_statistics(images: list[np.ndarray], normalised: bool = False) -> dict[str, np.ndarray]:
     """Pooled intensity quantiles and mean log power spectrum (periods 2-64 px) of some images (each first
     scaled by its own levels when ``normalised``)."""
     if normalised:
-        images = [normalise_levels(im, *image_levels(im)) for im in images]
+        levels = [image_levels(im) for im in images]
+        images = [scale_to_levels(im, lo, hi - lo) for im, (lo, hi) in zip(images, levels, strict=True)]
     values = np.concatenate([im.ravel() for im in images])
     return {
         "normalised": normalised,
@@ -362,7 +357,8 @@ def _adversarial_step(gen: Generator, disc: Discriminator, opt_g: torch.optim.Op
         # Both sides scaled by their whole image's levels: what eval.realism compares.
         fake = refined_view(gen, out, fake, syn_levels)
         levels = batch.real_levels.to(dev)
-        real_crops = normalise_levels(real_crops, levels[:, 0, None, None, None], levels[:, 1, None, None, None])
+        low, high = levels[:, 0, None, None, None], levels[:, 1, None, None, None]
+        real_crops = scale_to_levels(real_crops, low, high - low)
 
     # Discriminator: real vs refined crops, both augmented the same way, in one batch (so that BatchNorm
     # statistics are shared and a global difference in tone stays visible to it).
@@ -460,7 +456,6 @@ def train(
     g_noise = torch.Generator().manual_seed(seed + 1)
     g_augment = torch.Generator().manual_seed(seed + 2)
     sampler = CropSampler(train_syn, real, crop_px, condition=config.generator.condition, generator=g_sampler)
-    real_levels = torch.tensor([image_levels(d.image) for d in real], dtype=torch.float32)
 
     ckpt_path = run_dir / "checkpoint.pt"
     blob = None
@@ -485,7 +480,7 @@ def train(
 
     gen, disc = build_networks(config.generator, config.discriminator, seed)
     if config.generator.levels == "real":
-        gen.set_real_levels(real_levels)
+        gen.set_real_levels(sampler.real_levels)
     gen.to(dev)
     disc.to(dev)
     is_global = lambda name: name.startswith("tone.") or name == "raw_spread"  # noqa: E731
