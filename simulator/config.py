@@ -123,11 +123,13 @@ class FieldConfig:
     section: ClassVar[str] = "field"
     primaries_per_um2: float = 3.6
     coverage: float = 0.0
+    density_spread: float = 0.6  # image-to-image spread (log-normal sigma) of the density or coverage
     placement_tries: int = 20
 
     def __post_init__(self) -> None:
         _check_range("field.primaries_per_um2", self.primaries_per_um2, 0.0, 1000.0)
         _check_range("field.coverage", self.coverage, 0.0, 0.9)
+        _check_range("field.density_spread", self.density_spread, 0.0, 2.0)
         _check_range("field.placement_tries", self.placement_tries, 1, 1000)
         if self.coverage > 0 and self.primaries_per_um2 > 0:
             raise ConfigError(
@@ -151,13 +153,15 @@ class ShadingConfig:
     edge_gain: float = 0.2
     edge_range_nm: float = 15.0
     edge_step_nm: float = 20.0
-    substrate_texture: float = 0.06
+    substrate_texture: float = 0.1
     texture_scale_nm: float = 1000.0
     texture_ridges: float = 0.6
     residue_rims: float = 1.0  # relative yield change on the rim of a residue island (0 = none)
     residue_size_nm: float = 70.0  # typical island diameter
     residue_coverage: float = 0.15  # fraction of the substrate inside islands
     residue_width_nm: float = 1.5  # rim line width (Gaussian sigma across the rim)
+    residue_irregularity: float = 0.35  # outline wobble: relative amplitude of the lobes of each island (0 = ellipses)
+    residue_spread: float = 0.8  # image-to-image spread (log-normal sigma) of the islands' coverage and rim strength
     facets: float = 0.7
     facet_count: int = 14
     et_fraction: float = 0.45
@@ -184,6 +188,8 @@ class ShadingConfig:
         _check_range("shading.residue_size_nm", self.residue_size_nm, 1.0, 1e5)
         _check_range("shading.residue_coverage", self.residue_coverage, 0.01, 0.99)
         _check_range("shading.residue_width_nm", self.residue_width_nm, 0.1, 1e4)
+        _check_range("shading.residue_irregularity", self.residue_irregularity, 0.0, 0.5)
+        _check_range("shading.residue_spread", self.residue_spread, 0.0, 2.0)
         _check_range("shading.facets", self.facets, 0.0, 1.0)
         _check_range("shading.facet_count", self.facet_count, 4, 200)
         _check_range("shading.et_fraction", self.et_fraction, 0.0, 1.0)

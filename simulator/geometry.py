@@ -94,6 +94,9 @@ def build_scene(
     lo = np.array([-margin_nm, -margin_nm])
     span = np.array([width_nm + 2 * margin_nm, height_nm + 2 * margin_nm])
 
+    # real fields differ in how crowded they are: one log-normal factor per image (median 1)
+    density = np.exp(field.density_spread * rng.standard_normal()) if field.density_spread > 0 else 1.0
+    coverage = min(field.coverage * density, 0.9)
     if field.coverage > 0:
         n_target = _MAX_PRIMARIES
         grid = np.zeros(
@@ -102,7 +105,7 @@ def build_scene(
         cell_nm = _COVERAGE_GRID_PX * image.pixel_size_nm
     else:
         area_um2 = span[0] * span[1] * 1e-6
-        n_target = int(rng.poisson(field.primaries_per_um2 * area_um2))
+        n_target = int(rng.poisson(field.primaries_per_um2 * density * area_um2))
 
     if field.coverage > 0:
         sizes = None
@@ -120,7 +123,7 @@ def build_scene(
     n_total, n_forced = 0, 0
     while n_total < n_target:
         if sizes is None:
-            if grid.mean() >= field.coverage:
+            if grid.mean() >= coverage:
                 break
             n = sample_aggregate_size(aggregate, rng)
             agg, bottom = build_single_aggregate(n, primary, aggregate, rng)
@@ -146,9 +149,10 @@ def build_scene(
         if field.coverage > 0:
             for (x, y, _), r in zip(centres, agg.radius_nm, strict=True):
                 cv2.circle(grid, (int(x / cell_nm), int(y / cell_nm)), int(round(r / cell_nm)), 1, -1)
-    if field.coverage > 0 and grid.mean() < field.coverage:
+    if field.coverage > 0 and grid.mean() < coverage:
         raise RuntimeError(
-            f"field.coverage = {field.coverage} not reached with {_MAX_PRIMARIES} primaries; lower it"
+            f"field.coverage = {field.coverage} (this image: {coverage:.3f}) not reached with {_MAX_PRIMARIES} "
+            "primaries; lower it"
         )
     if not parts:
         empty = sample_primaries(0, primary, rng)

@@ -25,10 +25,11 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def small_config(**sections) -> SimConfig:
-    """A 160 x 120 px field at 7.344 nm/px with about 25 primaries; override any section's keys."""
+    """A 160 x 120 px field at 7.344 nm/px with about 25 primaries (the same density in every image); override
+    any section's keys."""
     data = {
         "image": {"width_px": 160, "height_px": 120},
-        "field": {"primaries_per_um2": 15.0},
+        "field": {"primaries_per_um2": 15.0, "density_spread": 0.0},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

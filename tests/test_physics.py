@@ -223,14 +223,16 @@ def test_facets_shade_flat_patches_without_touching_labels():
     assert np.array_equal(faceted[~inside], plain[~inside]) and not np.array_equal(faceted, plain)
 
 
-def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detector():
+@pytest.mark.parametrize("irregularity", [0.0, 0.35])  # ellipses, lobed outlines
+def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detector(irregularity):
     import cv2
     from scipy import ndimage
 
     from simulator.shading import residue_rims
 
     shape, px = (384, 384), 7.344
-    islands_cfg = {"residue_size_nm": 150.0, "residue_width_nm": 7.0, "residue_coverage": 0.3}  # rims >= 1 px
+    islands_cfg = {"residue_size_nm": 150.0, "residue_width_nm": 7.0, "residue_coverage": 0.3,  # rims >= 1 px
+                   "residue_irregularity": irregularity, "residue_spread": 0.0}
     in_lens = residue_rims(shape, px, ShadingConfig(et_fraction=0.0, **islands_cfg), np.random.default_rng(3))
     assert in_lens.min() >= 0 and in_lens.max() <= 1
     rim = in_lens > 0.5
@@ -252,6 +254,74 @@ def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detect
     leaving = -np.gradient(ndimage.gaussian_filter(islands.astype(np.float32), 1.0), axis=1)  # > 0 on +x edges
     near = np.abs(leaving) > 0.05
     assert np.mean(np.sign(side[0.0][near]) == np.sign(leaving[near])) > 0.8
+
+
+def _island_masks(rims: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labelled regions of the substrate enclosed by rims (not touching the frame), and their count."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(rims < 0.5)
+    border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+    inner = np.setdiff1d(np.arange(1, n + 1), border)
+    return np.where(np.isin(regions, inner), regions, 0), len(inner)
+
+
+def test_irregular_residue_islands_are_lobed_and_their_coverage_and_strength_vary_from_image_to_image():
+    import cv2
+
+    from simulator.shading import residue_rims
+
+    shape, px = (320, 320), 7.344
+    base = {"residue_size_nm": 180.0, "residue_width_nm": 7.0, "residue_coverage": 0.08, "et_fraction": 0.0}
+
+    def solidity(irregularity: float) -> float:
+        """Median area / convex-hull area of the enclosed islands (1 for ellipses, less for lobed outlines)."""
+        values = []
+        for seed in range(3):
+            rims = residue_rims(shape, px, ShadingConfig(residue_irregularity=irregularity, **base),
+                                np.random.default_rng(seed))
+            labels, _ = _island_masks(rims)
+            for k in np.unique(labels)[1:]:
+                mask = (labels == k).astype(np.uint8)
+                if mask.sum() < 40:
+                    continue
+                contour = max(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=len)
+                values.append(cv2.contourArea(contour) / max(cv2.contourArea(cv2.convexHull(contour)), 1.0))
+        return float(np.median(values))
+
+    assert solidity(0.0) > 0.9
+    assert solidity(0.45) < solidity(0.0) - 0.03
+
+    def per_image(spread: float) -> tuple[np.ndarray, np.ndarray]:
+        """Fraction of the frame enclosed by islands and the brightest rim, for 16 images."""
+        cover, peak = [], []
+        for seed in range(16):
+            rims = residue_rims(shape, px, ShadingConfig(residue_spread=spread, **base), np.random.default_rng(seed))
+            labels, _ = _island_masks(rims / rims.max())  # outlines at half the image's rim strength
+            cover.append(max((labels > 0).mean(), 1e-4))
+            peak.append(rims.max())
+        return np.log(cover), np.log(peak)
+
+    fixed_cover, fixed_peak = per_image(0.0)
+    spread_cover, spread_peak = per_image(0.8)
+    # the Boolean model's own scatter, then times exp(0.8 z)
+    assert fixed_cover.std() < 0.45 and spread_cover.std() > 2 * fixed_cover.std()
+    assert np.ptp(fixed_peak) < 0.05 and spread_peak.std() > 0.4  # rim strength: exp(0.8 z) per image
+    assert abs(np.median(spread_cover) - np.median(fixed_cover)) < 0.6  # the configured coverage is the median
+
+
+def test_density_spread_varies_the_crowding_from_image_to_image_around_the_configured_median():
+    from simulator.geometry import build_scene
+
+    def counts(spread: float) -> np.ndarray:
+        cfg = small_config(field={"density_spread": spread})
+        return np.array([len(build_scene(cfg.image, cfg.primary, cfg.aggregate, cfg.field,
+                                         np.random.default_rng(seed)).primaries) for seed in range(24)])
+
+    fixed, spread = counts(0.0), counts(0.6)
+    assert np.log(fixed).std() < 0.3  # Poisson and aggregate-size scatter only
+    assert np.log(np.maximum(spread, 1)).std() > 0.45
+    assert 0.6 < np.median(spread) / np.median(fixed) < 1.6
 
 
 def test_residue_rims_change_the_substrate_only():
