@@ -143,8 +143,15 @@ def _clip(value: float, lo: float, hi: float) -> float:
 
 def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4, seed: int = 0,
         pixel_size_nm: float | None = None, on_round=None) -> tuple[SimConfig, list[dict]]:
-    """Calibrate ``base`` to ``real``; returns the fitted config and the per-round history of statistics."""
-    cfg = base
+    """Calibrate ``base`` to ``real``; returns the fitted config and the per-round history of statistics.
+
+    The image-to-image spreads (``field.density_spread``, ``shading.residue_spread``) are off while fitting:
+    every round then simulates the median image, whose statistics are compared with the real set's medians
+    without the scatter of a few log-normal draws; the fitted config gets the base's spreads back.
+    """
+    spreads = {"field": {"density_spread": base.field.density_spread},
+               "shading": {"residue_spread": base.shading.residue_spread}}
+    cfg = _replace(_replace(base, "field", density_spread=0.0), "shading", residue_spread=0.0)
     if pixel_size_nm is not None:
         cfg = _replace(cfg, "image", pixel_size_nm=pixel_size_nm)
     cfg = _replace(cfg, "primary", diameter_gmean_nm=_clip(real.clean_gmean_nm, 5, 1e4),
@@ -182,6 +189,8 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
         noise_ratio = s["substrate_noise_std"] / r["substrate_noise_std"]
         cfg = _replace(cfg, "detector",
                        probe_current_pA=_clip(cfg.detector.probe_current_pA * noise_ratio**2, 0.01, 1e5))
+    for section, values in spreads.items():
+        cfg = _replace(cfg, section, **values)
     return cfg, history
 
 

@@ -364,13 +364,19 @@ def _pooled_sample(arrays, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def mean_spectrum(images: ImageSet, crop_px: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Mean radially averaged power spectrum over centred square crops of every image."""
+    """Mean radially averaged power spectrum over the square tiles of every image (all whole tiles of
+    ``crop_px``, centred as a grid; one central crop alone would make the mean depend on whether it holds a
+    particle)."""
     side = min(crop_px, *(min(im.shape) for im in images.images))
     spectra = []
     for im in images.images:
-        y, x = (im.shape[0] - side) // 2, (im.shape[1] - side) // 2
-        freq, power = radial_power_spectrum(im[y : y + side, x : x + side], images.pixel_size_nm)
-        spectra.append(power)
+        rows, cols = im.shape[0] // side, im.shape[1] // side
+        y0, x0 = (im.shape[0] - rows * side) // 2, (im.shape[1] - cols * side) // 2
+        for r in range(rows):
+            for c in range(cols):
+                y, x = y0 + r * side, x0 + c * side
+                freq, power = radial_power_spectrum(im[y : y + side, x : x + side], images.pixel_size_nm)
+                spectra.append(power)
     return freq, np.mean(spectra, axis=0)
 
 

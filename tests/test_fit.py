@@ -27,12 +27,13 @@ def test_fit_recovers_the_median_diameter_of_a_synthetic_dataset(tmp_path):
                          probe={"sigma_nm": 12.0})
     write_dataset(tmp_path / "truth", truth, n_images=8, seed=11)
     real = measure(dataset_samples(tmp_path / "truth"))
-    # defaults (185 nm, 3.6 / um^2, 3.2 nm), with the truth's constant density (no image-to-image spread)
-    start = config_from_dict({"image": {"width_px": 512, "height_px": 384}, "field": {"density_spread": 0.0}})
+    start = config_from_dict({"image": {"width_px": 512, "height_px": 384}})  # defaults: 185 nm, 3.6 / um^2, 3.2 nm
     fitted, history = fit(real, start, n_sim=8, rounds=4, seed=3)
     assert fitted.primary.diameter_gmean_nm == pytest.approx(130.0, rel=0.05)
     assert history[-1]["simulated"]["coverage"] == pytest.approx(real.image["coverage"], rel=0.2)
     assert fitted.probe.sigma_nm == pytest.approx(12.0, rel=0.25), [h["simulated"]["edge_width_nm"] for h in history]
+    # fitted on the median image (spreads off), handed back with the start config's image-to-image spreads
+    assert (fitted.field.density_spread, fitted.shading.residue_spread) == (0.6, 0.8)
     # The fitted config round-trips through TOML.
     path = tmp_path / "fitted.toml"
     path.write_text(config_to_toml(fitted, header="test"))
