@@ -137,6 +137,11 @@ def _replace(cfg: SimConfig, section: str, **values) -> SimConfig:
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
 
 
+def _with_spreads(cfg: SimConfig, density_spread: float, residue_spread: float) -> SimConfig:
+    """``cfg`` with the given image-to-image spreads of the field density and of the substrate residue."""
+    return _replace(_replace(cfg, "field", density_spread=density_spread), "shading", residue_spread=residue_spread)
+
+
 def _clip(value: float, lo: float, hi: float) -> float:
     return float(min(max(value, lo), hi))
 
@@ -149,9 +154,7 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
     every round then simulates the median image, whose statistics are compared with the real set's medians
     without the scatter of a few log-normal draws; the fitted config gets the base's spreads back.
     """
-    spreads = {"field": {"density_spread": base.field.density_spread},
-               "shading": {"residue_spread": base.shading.residue_spread}}
-    cfg = _replace(_replace(base, "field", density_spread=0.0), "shading", residue_spread=0.0)
+    cfg = _with_spreads(base, 0.0, 0.0)
     if pixel_size_nm is not None:
         cfg = _replace(cfg, "image", pixel_size_nm=pixel_size_nm)
     cfg = _replace(cfg, "primary", diameter_gmean_nm=_clip(real.clean_gmean_nm, 5, 1e4),
@@ -189,9 +192,7 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
         noise_ratio = s["substrate_noise_std"] / r["substrate_noise_std"]
         cfg = _replace(cfg, "detector",
                        probe_current_pA=_clip(cfg.detector.probe_current_pA * noise_ratio**2, 0.01, 1e5))
-    for section, values in spreads.items():
-        cfg = _replace(cfg, section, **values)
-    return cfg, history
+    return _with_spreads(cfg, base.field.density_spread, base.shading.residue_spread), history
 
 
 REPORT_ROWS = (

@@ -223,6 +223,16 @@ def test_facets_shade_flat_patches_without_touching_labels():
     assert np.array_equal(faceted[~inside], plain[~inside]) and not np.array_equal(faceted, plain)
 
 
+def _island_masks(rims: np.ndarray) -> tuple[np.ndarray, int]:
+    """Labelled regions of the substrate enclosed by rims (not touching the frame), and their count."""
+    from scipy import ndimage
+
+    regions, n = ndimage.label(~(rims > 0.5))
+    border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+    inner = np.setdiff1d(np.arange(1, n + 1), border)
+    return np.where(np.isin(regions, inner), regions, 0), len(inner)
+
+
 @pytest.mark.parametrize("irregularity", [0.0, 0.35])  # ellipses, lobed outlines
 def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detector(irregularity):
     import cv2
@@ -241,10 +251,9 @@ def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detect
     assert cv2.distanceTransform(rim.astype(np.uint8), cv2.DIST_L2, 3).max() <= 2.5
     # Closed curves: many regions of the substrate are enclosed by a rim (the islands), and islands with their
     # rims cover about the configured fraction (less the islands cut by the frame).
-    regions, n = ndimage.label(~rim)
-    border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
-    islands = np.isin(regions, np.setdiff1d(np.arange(1, n + 1), border))
-    assert len(np.setdiff1d(np.arange(1, n + 1), border)) >= 25
+    labels, n_islands = _island_masks(in_lens)
+    islands = labels > 0
+    assert n_islands >= 25
     assert 0.5 * 0.3 < (islands | rim).mean() < 1.2 * 0.3
     # Side detector at azimuth 0 (towards +x): the same islands (same draws), their +x rims bright and their
     # -x rims dark; the opposite azimuth negates the relief.
@@ -254,16 +263,6 @@ def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detect
     leaving = -np.gradient(ndimage.gaussian_filter(islands.astype(np.float32), 1.0), axis=1)  # > 0 on +x edges
     near = np.abs(leaving) > 0.05
     assert np.mean(np.sign(side[0.0][near]) == np.sign(leaving[near])) > 0.8
-
-
-def _island_masks(rims: np.ndarray) -> tuple[np.ndarray, int]:
-    """Labelled regions of the substrate enclosed by rims (not touching the frame), and their count."""
-    from scipy import ndimage
-
-    regions, n = ndimage.label(rims < 0.5)
-    border = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
-    inner = np.setdiff1d(np.arange(1, n + 1), border)
-    return np.where(np.isin(regions, inner), regions, 0), len(inner)
 
 
 def test_irregular_residue_islands_are_lobed_and_their_coverage_and_strength_vary_from_image_to_image():
