@@ -97,6 +97,22 @@ def test_fidelity(test_dir: Path, refined_dir: Path, segmenter, thresholds: Fide
     return {"mean": mean.as_dict(), "per_image": [r.as_dict() for r in results]}
 
 
+def shading_spread(folder: Path) -> dict:
+    """Median and quartiles over particles of how unevenly each is lit (eval.image_stats.particle_shading_spread,
+    on images scaled by their own levels as ``cli.py realism`` compares them): what the particle shading
+    branch is meant to change."""
+    from eval.realism import image_levels, scale_to_levels
+    from eval.image_stats import particle_shading_spread
+
+    spreads = []
+    for item in load_dataset(folder, labels=True):
+        low, high = image_levels(item.image)
+        spreads.append(particle_shading_spread(scale_to_levels(item.image, low, high - low), item.labels))
+    values = np.concatenate(spreads)
+    return {"median": float(np.median(values)), "q25": float(np.quantile(values, 0.25)),
+            "q75": float(np.quantile(values, 0.75)), "n_particles": int(values.size)}
+
+
 def realism_scores(procedural: Path, refined: Path, real_heldout: Path, seeds: list[int], steps: int) -> dict | None:
     """C2ST accuracy (one test per seed: the seed sets the image folds and the classifier) and distances of the
     procedural and of the refined test images against the held-out real images."""
@@ -160,6 +176,7 @@ def main() -> None:
     ap.add_argument("--levels", default="real", choices=("real", "learned", "none"),
                     help="per-image black/white levels of the refined images (GeneratorConfig.levels)")
     ap.add_argument("--no-texture", action="store_true", help="without the substrate texture branch (ablation)")
+    ap.add_argument("--no-particle", action="store_true", help="without the particle shading branch (ablation)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--reuse", action="store_true", help="keep datasets already in --out (skip simulate/ingest)")
@@ -188,7 +205,8 @@ def main() -> None:
 
     seg_name, segmenter = default_segmenter()
     config = RefinerConfig(d_view=args.d_view, generator=GeneratorConfig(levels=args.levels,
-                                                                           texture=not args.no_texture))
+                                                                           texture=not args.no_texture,
+                                                                           particle=not args.no_particle))
     run = out / "run"
     if run.exists() and not (args.resume or args.skip_training):
         shutil.rmtree(run)
@@ -237,6 +255,8 @@ def main() -> None:
     t0 = time.perf_counter()
     fidelity = test_fidelity(syn_test, refined_test, segmenter, config.fidelity)
     timings["fidelity_s"] = time.perf_counter() - t0
+    spread = {name: shading_spread(folder) for name, folder in
+              (("procedural", syn_test), ("refined", refined_test), ("real_heldout", real_heldout))}
     t0 = time.perf_counter()
     realism = realism_scores(syn_test, refined_test, real_heldout,
                              [args.seed + k for k in range(args.c2st_seeds)], args.c2st_steps)
@@ -255,6 +275,9 @@ def main() -> None:
         ("  foreground IoU / pixel agreement", f"{f['segmenter_foreground_iou']:.4f} / "
                                                f"{f['segmenter_pixel_agreement']:.4f}"),
     ]
+    rows.append(("particle shading spread (10-90 % range of a particle core, levels scaled; median over "
+                 "particles): procedural / refined / held-out real",
+                 " / ".join(f"{spread[k]['median']:.3f}" for k in ("procedural", "refined", "real_heldout"))))
     if realism is not None:
         a0, a1 = realism["procedural"]["c2st_accuracy"], realism["refined"]["c2st_accuracy"]
         met = (a0 - a1 >= TARGET_C2ST_DROP) or a1 <= TARGET_C2ST_LEVEL
@@ -289,7 +312,7 @@ def main() -> None:
         "selected_step": result.selected_step, "checkpoints": [
             {"step": e["step"], "passed": e["passed"], "selected": e["selected"], "fidelity": e["fidelity"],
              "appearance": e["appearance"]} for e in result.evaluations],
-        "test_fidelity": fidelity, "realism": realism, "transfer": transfer,
+        "test_fidelity": fidelity, "shading_spread": spread, "realism": realism, "transfer": transfer,
     }, indent=1))
     print(table)
     print(f"report: {out / 'report.md'}, samples: {run / 'samples'}")

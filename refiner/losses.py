@@ -44,8 +44,9 @@ def low_pass(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
 def content_loss(residual: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """SimGAN self-regularisation of the generator's local residual: mean |G_sigma * residual|.
 
-    The monotone tone curve cannot move a structure, and the substrate texture is masked away from every
-    labelled particle, so only the local residual is tied to the input; the low-pass lets it reshape noise
+    The monotone tone curve cannot move a structure, the substrate texture is masked away from every
+    labelled particle and the particle shading away from every boundary (and it only rescales the image's own
+    variations), so only the local residual is tied to the input; the low-pass lets it reshape noise
     and fine detail (scales below ~sigma) freely.
     """
     return low_pass(residual, sigma_px).abs().mean()

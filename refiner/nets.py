@@ -1,6 +1,7 @@
 """The refiner's generator (label-preserving by construction) and its PatchGAN discriminator.
 
-Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) + m * b * tanh(s(...))) + o, 0, 1)
+Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) + m * b * tanh(s(...))
+                               + q * (exp(c * tanh(p(...))) - 1) * (T(x) - M)) + o, 0, 1)
     T  a learned monotone tone curve (piecewise linear, strictly increasing): global contrast/gamma, which can
        change how bright a structure is but never where it is;
     f  a few 3x3 convolutions: a local residual whose receptive field is (2 * n_layers + 1) px, bounded in
@@ -13,6 +14,14 @@ Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) 
        mean: it adds detail, not brightness), bounded by ``texture_max`` (well below particle contrast) and
        multiplied by a mask m that is exactly zero within
        ``texture_margin_px`` of any labelled particle: it can only change what the labels call substrate;
+    p  particle shading (optional, needs the conditioning): dilated 3x3 convolutions at half resolution on the
+       toned image, its local particle mean M and the particle interiors; it sets a smooth local contrast
+       factor in [exp(-c), exp(c)] by which a particle's shading varies about its local mean M (a Gaussian
+       mean over particle interiors only), so it can flatten the two-tone shading of a faceted particle or
+       strengthen it, at any scale up to a whole particle. It is multiplied by a mask q that is exactly zero
+       within ``particle_margin_px`` of any instance boundary or substrate pixel: it never touches an edge, a
+       rim or the substrate, and since it scales the image's own variations it cannot draw an edge where the
+       toned image is flat;
     g, o  a per-image gain and offset (a positive affine map moves no edge). Real images differ from each other
        in brightness and contrast (operator settings: the reference set's substrate level ranges over a factor
        of 3), simulated ones barely. ``levels = "real"`` (default): each refined image gets the black and white
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import kornia
 import numpy as np
 import torch
 from torch import nn
@@ -43,6 +53,7 @@ from refiner.losses import low_pass
 
 LEVEL_MODES = ("real", "learned", "none")
 TEXTURE_HIGHPASS_SIGMA_PX = 3.0  # the substrate texture keeps only detail finer than this
+MEAN_POOL_PX = 4  # the particle shading's local mean is computed at this fraction of the resolution
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,6 +69,12 @@ class GeneratorConfig:
     texture_dilations: tuple[int, ...] = (1, 2, 4, 8, 1)  # at half resolution
     texture_max: float = 0.08  # bound of the substrate texture, fraction of full scale
     texture_margin_px: int = 2  # the texture is exactly zero this close (Chebyshev) to a labelled particle
+    particle: bool = True  # particle shading branch (needs condition=True)
+    particle_width: int = 12
+    particle_dilations: tuple[int, ...] = (1, 2, 4, 8, 1)  # at half resolution
+    particle_contrast_max: float = 2.0  # bound of the log contrast factor: factors in [exp(-c), exp(c)]
+    particle_mean_sigma_px: float = 20.0  # Gaussian scale of the local particle mean M (about a particle)
+    particle_margin_px: int = 1  # the shading is exactly zero this close (Chebyshev) to a boundary or substrate
     levels: str = "real"  # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
     max_log_gain_std: float = 0.5  # bounds of the learned spreads (levels = "learned")
     max_offset_std: float = 0.1
@@ -67,6 +84,16 @@ class GeneratorConfig:
             raise ValueError(f"generator.levels must be one of {LEVEL_MODES}, got {self.levels!r}")
         if self.texture and not self.condition:
             raise ValueError("generator.texture needs generator.condition = True (it is masked by the labels)")
+        if self.particle and not self.condition:
+            raise ValueError("generator.particle needs generator.condition = True (it is masked by the labels)")
+        if self.particle_width < 1 or not self.particle_dilations or min(self.particle_dilations) < 1:
+            raise ValueError(f"generator.particle_width and particle_dilations must be positive, got "
+                             f"{self.particle_width!r}, {self.particle_dilations!r}")
+        if not 0 <= self.particle_contrast_max <= 2:
+            raise ValueError(f"generator.particle_contrast_max must be in [0, 2], got {self.particle_contrast_max!r}")
+        if not self.particle_mean_sigma_px > 0 or self.particle_margin_px < 0:
+            raise ValueError(f"generator.particle_mean_sigma_px must be > 0 and particle_margin_px >= 0, got "
+                             f"{self.particle_mean_sigma_px!r}, {self.particle_margin_px!r}")
         if self.texture_width < 1 or not self.texture_dilations or min(self.texture_dilations) < 1:
             raise ValueError(f"generator.texture_width and texture_dilations must be positive, got "
                              f"{self.texture_width!r}, {self.texture_dilations!r}")
@@ -95,16 +122,24 @@ class GeneratorConfig:
     @property
     def receptive_radius_px(self) -> int:
         """An output pixel depends on input pixels at most this far away (Chebyshev distance)."""
-        if not self.texture:
-            return self.n_layers
-        # half resolution, pooling and upsampling, then the high-pass (Gaussian kernel radius 3 sigma)
-        texture = 2 * sum(self.texture_dilations) + 4 + round(3 * TEXTURE_HIGHPASS_SIGMA_PX)
-        return max(self.n_layers, texture, self.texture_margin_px + 4)
+        radius = self.n_layers
+        if self.texture:
+            # half resolution, pooling and upsampling, then the high-pass (Gaussian kernel radius 3 sigma)
+            texture = 2 * sum(self.texture_dilations) + 4 + round(3 * TEXTURE_HIGHPASS_SIGMA_PX)
+            radius = max(radius, texture, self.texture_margin_px + 4)
+        if self.particle:
+            # the local mean (pooled, blurred with kernel radius 3 sigma, upsampled) feeds the half-resolution
+            # network; the mask grows by margin + 2 and two box filters
+            f = MEAN_POOL_PX
+            mean = f * (max(1, round(3 * self.particle_mean_sigma_px / f)) + 2)
+            radius = max(radius, 2 * sum(self.particle_dilations) + 4 + mean, self.particle_margin_px + 5)
+        return radius
 
     @property
     def tile_alignment_px(self) -> int:
-        """Tiles must start at multiples of this (the texture branch pools 2 x 2)."""
-        return 2 if self.texture else 1
+        """Tiles must start at multiples of this (the texture branch pools 2 x 2, the particle branch's local
+        mean 4 x 4)."""
+        return MEAN_POOL_PX if self.particle else 2 if self.texture else 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,6 +173,7 @@ class GeneratorOut:
     toned: torch.Tensor  # (B, 1, H, W): the tone curve alone, T(x)
     residual: torch.Tensor  # (B, 1, H, W): the local residual a * tanh(f(...)), before clipping
     texture: torch.Tensor  # (B, 1, H, W): the masked substrate texture (zeros without the branch)
+    particle: torch.Tensor  # (B, 1, H, W): the masked particle shading change (zeros without the branch)
     gain: torch.Tensor  # (B,) per-image gain g
     offset: torch.Tensor  # (B,) per-image offset o
 
@@ -170,31 +206,80 @@ def substrate_mask(foreground: torch.Tensor, margin_px: int) -> torch.Tensor:
     return m * (1.0 - near)  # the box filters must not leak texture into the dilated zone
 
 
+def interior_mask(foreground: torch.Tensor, boundary: torch.Tensor, margin_px: int) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1]: 0 within ``margin_px`` (Chebyshev) of a substrate or instance-boundary pixel,
+    rising to 1 over the next 4 px: where the particle shading may act."""
+    return substrate_mask(1.0 - foreground * (1.0 - boundary), margin_px)
+
+
+def masked_mean(x: torch.Tensor, weight: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Gaussian-weighted local mean of ``x`` over the pixels where ``weight`` is 1 (x itself where the
+    neighbourhood holds none), computed at 1/``MEAN_POOL_PX`` resolution (the mean is smooth at these scales)
+    and upsampled bilinearly."""
+    h, w = x.shape[-2:]
+    f = MEAN_POOL_PX
+    s = sigma_px / f
+    k = 2 * max(1, round(3 * s)) + 1
+
+    def smooth(t: torch.Tensor) -> torch.Tensor:
+        t = nn.functional.avg_pool2d(t, f, ceil_mode=True)
+        t = kornia.filters.gaussian_blur2d(t, (k, k), (s, s), border_type="replicate")
+        return nn.functional.interpolate(t, scale_factor=f, mode="bilinear", align_corners=False)[..., :h, :w]
+
+    num, den = smooth(x * weight), smooth(weight)
+    return torch.where(den > 1e-3, num / den.clamp_min(1e-3), x)
+
+
+def _half_res_net(c_in: int, width: int, dilations: tuple[int, ...]) -> nn.Sequential:
+    """Dilated 3x3 convolutions (LeakyReLU between), one output channel, last layer zero (output 0 at start)."""
+    layers: list[nn.Module] = []
+    for d in dilations[:-1]:
+        layers += [nn.Conv2d(c_in, width, 3, padding=d, dilation=d, padding_mode="replicate"), nn.LeakyReLU(0.2)]
+        c_in = width
+    d = dilations[-1]
+    last = nn.Conv2d(c_in, 1, 3, padding=d, dilation=d, padding_mode="replicate")
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+def _pool2(t: torch.Tensor) -> torch.Tensor:
+    return nn.functional.avg_pool2d(t, 2, ceil_mode=True)
+
+
+def _upsample2(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return nn.functional.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
+
+
 class SubstrateTexture(nn.Module):
     """Dilated 3x3 convolutions at half resolution: (image, noise, foreground) -> texture in (-1, 1)."""
 
     def __init__(self, width: int, dilations: tuple[int, ...]):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for d in dilations[:-1]:
-            layers += [nn.Conv2d(c_in, width, 3, padding=d, dilation=d, padding_mode="replicate"), nn.LeakyReLU(0.2)]
-            c_in = width
-        d = dilations[-1]
-        last = nn.Conv2d(c_in, 1, 3, padding=d, dilation=d, padding_mode="replicate")
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*layers, last)
+        self.net = _half_res_net(3, width, dilations)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        pool = lambda t: nn.functional.avg_pool2d(t, 2, ceil_mode=True)  # noqa: E731
-        inputs = torch.cat([2 * pool(x) - 1, 2 * pool(noise), pool(foreground)], dim=1)
-        out = nn.functional.interpolate(self.net(inputs), scale_factor=2, mode="bilinear", align_corners=False)
-        u = torch.tanh(out[..., :h, :w])
+        inputs = torch.cat([2 * _pool2(x) - 1, 2 * _pool2(noise), _pool2(foreground)], dim=1)
+        u = torch.tanh(_upsample2(self.net(inputs), h, w))
         # Detail only: without its local mean the texture cannot brighten or darken the substrate as a whole
         # (which, masked near particles, would draw halos around them); levels are the tone curve's job.
         return 0.5 * (u - low_pass(u, TEXTURE_HIGHPASS_SIGMA_PX))
+
+
+class ParticleShading(nn.Module):
+    """Dilated 3x3 convolutions at half resolution: (toned image, its local particle mean, particle interiors,
+    boundaries) -> log contrast in (-1, 1) (scaled by ``particle_contrast_max`` in the generator)."""
+
+    def __init__(self, width: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.net = _half_res_net(4, width, dilations)
+
+    def forward(self, toned: torch.Tensor, mean: torch.Tensor, interior: torch.Tensor,
+                boundary: torch.Tensor) -> torch.Tensor:
+        h, w = toned.shape[-2:]
+        inputs = torch.cat([2 * _pool2(toned) - 1, 8 * _pool2(toned - mean), _pool2(interior), _pool2(boundary)], 1)
+        return torch.tanh(_upsample2(self.net(inputs), h, w))
 
 
 class ToneCurve(nn.Module):
@@ -236,6 +321,7 @@ class Generator(nn.Module):
         nn.init.zeros_(last.bias)
         self.local = nn.Sequential(*layers, last)
         self.texture = SubstrateTexture(cfg.texture_width, cfg.texture_dilations) if cfg.texture else None
+        self.particle = ParticleShading(cfg.particle_width, cfg.particle_dilations) if cfg.particle else None
         # Spreads s = bound * sigmoid(raw), starting at 20 % of their bound.
         start = float(torch.logit(torch.tensor(0.2)))
         self.raw_spread = nn.Parameter(torch.full((2,), start)) if cfg.levels == "learned" else None
@@ -289,10 +375,23 @@ class Generator(nn.Module):
             foreground = condition[:, :1]
             texture = (self.cfg.texture_max * substrate_mask(foreground, self.cfg.texture_margin_px)
                        * self.texture(x, z, foreground))
+        particle = self._particle_shading(toned, condition)
         gain, offset = self._levels_map(x, noise.latent, levels)
-        refined = (gain[:, None, None, None] * (toned + residual + texture) + offset[:, None, None, None]).clamp(0, 1)
-        return GeneratorOut(refined=refined, toned=toned, residual=residual, texture=texture, gain=gain,
-                            offset=offset)
+        refined = (gain[:, None, None, None] * (toned + residual + texture + particle)
+                   + offset[:, None, None, None]).clamp(0, 1)
+        return GeneratorOut(refined=refined, toned=toned, residual=residual, texture=texture, particle=particle,
+                            gain=gain, offset=offset)
+
+    def _particle_shading(self, toned: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """q * (exp(c * tanh(p)) - 1) * (T(x) - M): zero outside the particle interiors."""
+        if self.particle is None:
+            return torch.zeros_like(toned)
+        foreground, boundary = condition[:, :1], condition[:, 1:2]
+        interior = foreground * (1.0 - boundary)
+        mean = masked_mean(toned, interior, self.cfg.particle_mean_sigma_px)
+        log_contrast = self.cfg.particle_contrast_max * self.particle(toned, mean, interior, boundary)
+        mask = interior_mask(foreground, boundary, self.cfg.particle_margin_px)
+        return mask * torch.expm1(log_contrast) * (toned - mean)
 
     def _levels_map(self, x: torch.Tensor, latent: torch.Tensor, levels: torch.Tensor | None):
         """Per-image gain and offset, (B,) each."""

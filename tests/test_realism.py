@@ -7,13 +7,33 @@ import numpy as np
 import pytest
 
 from eval.compare import compare, criteria_met, markdown_table, simulate
-from eval.image_stats import edge_width_nm, image_statistics, noise_std
+from eval.image_stats import edge_width_nm, image_statistics, noise_std, particle_shading_spread
 from eval.reference import DEFAULT_REFERENCE, info_bar_start, load_reference
 from simulator.config import SimConfig
 
 needs_reference = pytest.mark.skipif(
     not (DEFAULT_REFERENCE / "SEM").is_dir(), reason=f"reference images not found at {DEFAULT_REFERENCE}"
 )
+
+
+def test_particle_shading_spread_oracle():
+    """Two touching particles: a two-tone one (halves 0.4 and 0.8) and a flat one, each with a bright rim that
+    the core excludes; a particle too small for a core is skipped."""
+    labels = np.zeros((80, 120), np.int32)
+    labels[10:50, 10:50] = 1
+    labels[10:50, 50:90] = 2
+    labels[60:66, 100:106] = 3
+    image = np.full(labels.shape, 0.1)
+    image[10:30, 10:50], image[30:50, 10:50] = 0.8, 0.4
+    image[10:50, 50:90] = 0.5
+    image[labels == 3] = 0.9
+    rim = np.zeros(labels.shape, bool)
+    rim[10:50, 10:90] = True
+    rim[13:47, 13:47] = rim[13:47, 53:87] = False
+    image[rim] = 1.0
+    spread = particle_shading_spread(image, labels, core_px=3, min_pixels=80)
+    assert spread.tolist() == pytest.approx([0.4, 0.0])
+    assert particle_shading_spread(image, labels, core_px=1, min_pixels=80)[1] == 0.5  # a thin core takes in the rim
 
 
 def test_statistics_measure_what_they_claim():

@@ -149,13 +149,14 @@ def _blob_condition(size: int, centre: tuple[int, int], radius: int) -> torch.Te
     return torch.from_numpy(condition_channels(labels))[None]
 
 
-@pytest.mark.parametrize("texture", [False, True])
-def test_generator_cannot_reach_beyond_its_receptive_field(texture):
-    cfg = GeneratorConfig(n_layers=3, texture=texture)
-    gen = _randomised_generator(cfg)
+@pytest.mark.parametrize(("texture", "particle"), [(False, False), (True, False), (False, True), (True, True)])
+def test_generator_cannot_reach_beyond_its_receptive_field(texture, particle):
+    cfg = GeneratorConfig(n_layers=3, texture=texture, particle=particle)
+    gen = _randomised_generator(cfg, scale=0.2)  # small enough that no tanh saturates
     size, c = 161, 80
     x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(1))
-    cond = _blob_condition(size, (20, 20), 8)
+    blob = (c, c + 30) if particle else (20, 20)  # a particle within reach of the changed pixel, or far away
+    cond = _blob_condition(size, blob, 12)
     z = RefinerNoise.draw((1, 1, size, size), torch.Generator().manual_seed(2))
     y0 = gen(x, cond, z).refined
     x2 = x.clone()
@@ -167,6 +168,8 @@ def test_generator_cannot_reach_beyond_its_receptive_field(texture):
     assert radius <= cfg.receptive_radius_px
     if texture:
         assert radius > cfg.n_layers  # the texture branch does reach further, within its stated bound
+    if particle:  # the particle branch reaches from the changed substrate pixel into the particle's interior
+        assert changed[c - 8 : c + 9, c + 22 : c + 39].any()
 
 
 def test_substrate_texture_never_touches_labelled_particles():
@@ -183,6 +186,53 @@ def test_substrate_texture_never_touches_labelled_particles():
     assert np.abs(texture[~near]).max() > 0.01 and np.abs(texture).max() <= cfg.texture_max
 
 
+def _two_tone_particles(size: int = 96) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Two touching discs on a dark substrate, each lit in two tones (a bright and a dark half), with a thin
+    bright rim: (image (1, 1, H, W), condition, labels)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    labels = np.zeros((size, size), np.int32)
+    for k, (cy, cx) in enumerate(((48, 30), (48, 62)), start=1):
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2) <= 16**2] = k
+    image = np.full((size, size), 0.15, np.float32)
+    fg = labels > 0
+    image[fg] = np.where(yy[fg] < 48, 0.75, 0.45)
+    image[boundary_map(labels) & fg] = 0.95
+    return torch.from_numpy(image)[None, None], torch.from_numpy(condition_channels(labels))[None], labels
+
+
+def test_particle_shading_acts_inside_particles_only_and_rescales_their_shading():
+    cfg = GeneratorConfig(texture=False)
+    x, cond, labels = _two_tone_particles()
+    noise = RefinerNoise.draw(tuple(x.shape), torch.Generator().manual_seed(2))
+    # Random weights: a change of arbitrary sign and scale, exactly zero on the substrate and within the margin
+    # of every boundary (particle/substrate and particle/particle), bounded by the contrast factor.
+    gen = _randomised_generator(cfg, scale=1.0)
+    particle = gen(x, cond, noise).particle[0, 0].detach().numpy()
+    outside = (labels == 0) | boundary_map(labels)
+    k = 2 * cfg.particle_margin_px + 1
+    near = cv2.dilate(outside.astype(np.uint8), np.ones((k, k), np.uint8)) > 0
+    assert np.all(particle[near] == 0) and np.abs(particle[~near]).max() > 0.02
+    assert np.abs(particle).max() <= np.expm1(cfg.particle_contrast_max) * 0.3  # |T(x) - M| <= 0.3 here
+    # A uniform contrast factor exp(-c) (last layer's bias only) pulls each half towards the local particle
+    # mean: the two tones come closer, their mean stays, the rims and the substrate do not change at all.
+    gen, _ = build_networks(cfg, DiscriminatorConfig(), seed=0)
+    with torch.no_grad():
+        gen.particle.net[-1].bias.fill_(-10.0)  # tanh -> -1: factor exp(-1)
+    refined = gen(x, cond, noise).refined[0, 0].detach().numpy()
+    core = cv2.erode((labels == 1).astype(np.uint8), np.ones((13, 13), np.uint8)) > 0
+    yy = np.mgrid[0:96, 0:96][0]
+    top, bottom = core & (yy < 44), core & (yy > 52)
+    before = x[0, 0].numpy()[top].mean() - x[0, 0].numpy()[bottom].mean()
+    after = refined[top].mean() - refined[bottom].mean()
+    assert 0.2 * before < after < 0.75 * before, (before, after)
+    assert abs(refined[core].mean() - x[0, 0].numpy()[core].mean()) < 0.02
+    assert np.abs(refined[near] - x[0, 0].numpy()[near]).max() < 1e-6  # the identity up to float rounding
+    # A flat particle stays flat whatever the weights: the branch rescales shading, it cannot draw an edge.
+    flat = torch.where(cond[:, :1] > 0, torch.tensor(0.6), torch.tensor(0.15))
+    out = _randomised_generator(cfg, scale=1.0)(flat, cond, noise)
+    assert out.particle.abs().max() < 1e-5
+
+
 def test_tone_curve_is_strictly_increasing():
     curve = ToneCurve(9, min_slope=0.2)
     with torch.no_grad():
@@ -192,12 +242,13 @@ def test_tone_curve_is_strictly_increasing():
     assert slopes.min() >= 0.2 - 1e-3
 
 
-@pytest.mark.parametrize("texture", [False, True])
-def test_tiled_refinement_equals_whole_image(texture):
-    gen = _randomised_generator(GeneratorConfig(texture=texture), scale=0.3)
+@pytest.mark.parametrize(("texture", "particle"), [(False, False), (True, True)])
+def test_tiled_refinement_equals_whole_image(texture, particle):
+    gen = _randomised_generator(GeneratorConfig(texture=texture, particle=particle), scale=0.3)
     rng = np.random.default_rng(0)
     image = rng.random((150, 171), dtype=np.float32)
-    labels = (rng.random((150, 171)) > 0.9).astype(np.int32)
+    labels = cv2.resize((rng.random((15, 18)) > 0.6).astype(np.uint8), (171, 150),
+                        interpolation=cv2.INTER_NEAREST).astype(np.int32)  # blocks with interiors
     noise = image_noise(image.shape, seed=0, index=3)
     whole = refine_array(gen, image, condition_channels(labels), noise, tile_px=1000)
     tiled = refine_array(gen, image, condition_channels(labels), noise, tile_px=31)
@@ -275,7 +326,7 @@ def test_training_learns_the_real_appearance(data, trained):
     real_sub = np.mean([r.image[r.labels == 0].mean() for r in real])
     before, after = held.image[sub].mean(), refined[sub].mean()
     assert abs(after - real_sub) < 0.5 * abs(before - real_sub), (before, after, real_sub)
-    # Every part of the generator was trained (tone curve, local residual, substrate texture).
+    # Every part of the generator was trained (tone curve, local residual, substrate texture, particle shading).
     init, _ = build_networks(FAST.generator, FAST.discriminator, seed=0)
     for name, value in init.state_dict().items():
         assert not torch.equal(value, gen.state_dict()[name]), f"{name} never changed"
