@@ -9,7 +9,8 @@ real_train/ and real_heldout/ (the reference set split by image). Steps:
     2. train three U-Nets, same steps, seed and crop size: procedural, refined, real
     3. evaluate each on real_heldout (AP50, Dice, PQ, D50 error with 95 % bootstrap intervals over images)
 
-Run: python bench/bench_transfer.py --out /tmp/semsynth-bench-refiner [--steps 600] [--threads 1]
+Run: python bench/bench_transfer.py --out /tmp/semsynth-bench-refiner [--steps 600] [--threads 1] [--seed S]
+     python bench/bench_transfer.py --out /tmp/semsynth-bench-refiner --summary   # all seeds run so far
 """
 
 from __future__ import annotations
@@ -40,6 +41,35 @@ from refiner.apply import apply  # noqa: E402
 KEYS = ("AP50", "AP", "DSC", "PQ", "F1", "D50_rel_err")
 
 
+def summary(out: Path) -> None:
+    """Per-seed AP50 and Dice of the procedural and refined U-Nets (from every transfer*.json in ``out``), their
+    means and the paired differences refined - procedural (same seed, same data order)."""
+    per_seed = {}
+    for path in sorted(out.glob("transfer*.json")):
+        blob = json.loads(path.read_text())
+        seed = int(blob["args"]["seed"])
+        for name, r in blob["results"].items():
+            per_seed.setdefault(seed, {})[name] = {k: r[k]["value"] for k in ("AP50", "DSC")}
+    seeds = sorted(s for s, r in per_seed.items() if {"procedural", "refined"} <= set(r))
+    if not seeds:
+        sys.exit(f"{out}: no seed with both a procedural and a refined result (run without --summary first)")
+    print("| seed | procedural AP50 / Dice | refined AP50 / Dice | refined - procedural AP50 / Dice |")
+    print("|---|---|---|---|")
+    diffs = []
+    for s in seeds:
+        p, r = per_seed[s]["procedural"], per_seed[s]["refined"]
+        diffs.append((r["AP50"] - p["AP50"], r["DSC"] - p["DSC"]))
+        print(f"| {s} | {p['AP50']:.3f} / {p['DSC']:.3f} | {r['AP50']:.3f} / {r['DSC']:.3f} | "
+              f"{diffs[-1][0]:+.3f} / {diffs[-1][1]:+.4f} |")
+    mean = {n: {k: sum(per_seed[s][n][k] for s in seeds) / len(seeds) for k in ("AP50", "DSC")}
+            for n in ("procedural", "refined")}
+    d = [sum(x[i] for x in diffs) / len(diffs) for i in (0, 1)]
+    wins = sum(1 for a, b in diffs if a > 0 and b > 0)
+    print(f"| mean of {len(seeds)} | {mean['procedural']['AP50']:.3f} / {mean['procedural']['DSC']:.3f} | "
+          f"{mean['refined']['AP50']:.3f} / {mean['refined']['DSC']:.3f} | {d[0]:+.3f} / {d[1]:+.4f} |")
+    print(f"\nrefined higher in both AP50 and Dice for {wins} of {len(seeds)} seeds")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder of bench/bench_refiner.py")
@@ -49,7 +79,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--models", default="procedural,refined,real", help="which U-Nets to train (comma list)")
+    parser.add_argument("--summary", action="store_true", help="only summarise the seeds already run in --out")
     args = parser.parse_args()
+    if args.summary:
+        summary(args.out)
+        return
     wanted = set(args.models.split(","))
     out = args.out
     for name in ("synthetic_train", "run", "real_train", "real_heldout"):

@@ -1,7 +1,7 @@
 """The refiner's generator (label-preserving by construction) and its PatchGAN discriminator.
 
 Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) + m * b * tanh(s(...))
-                               + q * (exp(c * tanh(p(...))) - 1) * (T(x) - M)) + o, 0, 1)
+                               + q * (exp(c * tanh(p(...))) - 1) * (L - M)) + o, 0, 1)
     T  a learned monotone tone curve (piecewise linear, strictly increasing): global contrast/gamma, which can
        change how bright a structure is but never where it is;
     f  a few 3x3 convolutions: a local residual whose receptive field is (2 * n_layers + 1) px, bounded in
@@ -15,10 +15,11 @@ Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) 
        multiplied by a mask m that is exactly zero within
        ``texture_margin_px`` of any labelled particle: it can only change what the labels call substrate;
     p  particle shading (optional, needs the conditioning): dilated 3x3 convolutions at half resolution on the
-       toned image, its local particle mean M and the particle interiors; it sets a smooth local contrast
-       factor in [exp(-c), exp(c)] by which a particle's shading varies about its local mean M (a Gaussian
-       mean over particle interiors only), so it can flatten the two-tone shading of a faceted particle or
-       strengthen it, at any scale up to a whole particle. It is multiplied by a mask q that is exactly zero
+       toned image, the particle's shading and the particle interiors; it sets a smooth local contrast
+       factor in [exp(-c), exp(c)] by which a particle's shading L (a Gaussian mean of T(x) over particle
+       interiors at ~1.5 px: pixel noise and fine texture are left alone) varies about its local mean M (the
+       same at ~20 px, about a particle), so it can flatten the two-tone shading of a faceted particle or
+       strengthen it. It is multiplied by a mask q that is exactly zero
        within ``particle_margin_px`` of any instance boundary or substrate pixel: it never touches an edge, a
        rim or the substrate, and since it scales the image's own variations it cannot draw an edge where the
        toned image is flat;
@@ -74,6 +75,8 @@ class GeneratorConfig:
     particle_dilations: tuple[int, ...] = (1, 2, 4, 8, 1)  # at half resolution
     particle_contrast_max: float = 2.0  # bound of the log contrast factor: factors in [exp(-c), exp(c)]
     particle_mean_sigma_px: float = 20.0  # Gaussian scale of the local particle mean M (about a particle)
+    particle_detail_sigma_px: float = 1.5  # shading is the particle's local mean L at this scale: finer detail
+    # (pixel noise, fine texture) is left as it is
     particle_margin_px: int = 1  # the shading is exactly zero this close (Chebyshev) to a boundary or substrate
     levels: str = "real"  # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
     max_log_gain_std: float = 0.5  # bounds of the learned spreads (levels = "learned")
@@ -91,8 +94,9 @@ class GeneratorConfig:
                              f"{self.particle_width!r}, {self.particle_dilations!r}")
         if not 0 <= self.particle_contrast_max <= 2:
             raise ValueError(f"generator.particle_contrast_max must be in [0, 2], got {self.particle_contrast_max!r}")
-        if not self.particle_mean_sigma_px > 0 or self.particle_margin_px < 0:
-            raise ValueError(f"generator.particle_mean_sigma_px must be > 0 and particle_margin_px >= 0, got "
+        if not 0 < self.particle_detail_sigma_px < self.particle_mean_sigma_px or self.particle_margin_px < 0:
+            raise ValueError(f"generator.particle_detail_sigma_px must be in (0, particle_mean_sigma_px) and "
+                             f"particle_margin_px >= 0, got {self.particle_detail_sigma_px!r}, "
                              f"{self.particle_mean_sigma_px!r}, {self.particle_margin_px!r}")
         if self.texture_width < 1 or not self.texture_dilations or min(self.texture_dilations) < 1:
             raise ValueError(f"generator.texture_width and texture_dilations must be positive, got "
@@ -132,7 +136,8 @@ class GeneratorConfig:
             # network; the mask grows by margin + 2 and two box filters
             f = MEAN_POOL_PX
             mean = f * (max(1, round(3 * self.particle_mean_sigma_px / f)) + 2)
-            radius = max(radius, 2 * sum(self.particle_dilations) + 4 + mean, self.particle_margin_px + 5)
+            detail = max(1, round(3 * self.particle_detail_sigma_px))
+            radius = max(radius, 2 * sum(self.particle_dilations) + 4 + mean + detail, self.particle_margin_px + 5)
         return radius
 
     @property
@@ -212,19 +217,21 @@ def interior_mask(foreground: torch.Tensor, boundary: torch.Tensor, margin_px: i
     return substrate_mask(1.0 - foreground * (1.0 - boundary), margin_px)
 
 
-def masked_mean(x: torch.Tensor, weight: torch.Tensor, sigma_px: float) -> torch.Tensor:
+def masked_mean(x: torch.Tensor, weight: torch.Tensor, sigma_px: float, pool_px: int = 1) -> torch.Tensor:
     """Gaussian-weighted local mean of ``x`` over the pixels where ``weight`` is 1 (x itself where the
-    neighbourhood holds none), computed at 1/``MEAN_POOL_PX`` resolution (the mean is smooth at these scales)
-    and upsampled bilinearly."""
+    neighbourhood holds none); with ``pool_px > 1`` computed at 1/pool_px resolution and upsampled bilinearly
+    (for means smooth at that scale)."""
     h, w = x.shape[-2:]
-    f = MEAN_POOL_PX
-    s = sigma_px / f
+    s = sigma_px / pool_px
     k = 2 * max(1, round(3 * s)) + 1
 
     def smooth(t: torch.Tensor) -> torch.Tensor:
-        t = nn.functional.avg_pool2d(t, f, ceil_mode=True)
+        if pool_px > 1:
+            t = nn.functional.avg_pool2d(t, pool_px, ceil_mode=True)
         t = kornia.filters.gaussian_blur2d(t, (k, k), (s, s), border_type="replicate")
-        return nn.functional.interpolate(t, scale_factor=f, mode="bilinear", align_corners=False)[..., :h, :w]
+        if pool_px > 1:
+            t = nn.functional.interpolate(t, scale_factor=pool_px, mode="bilinear", align_corners=False)
+        return t[..., :h, :w]
 
     num, den = smooth(x * weight), smooth(weight)
     return torch.where(den > 1e-3, num / den.clamp_min(1e-3), x)
@@ -268,17 +275,19 @@ class SubstrateTexture(nn.Module):
 
 
 class ParticleShading(nn.Module):
-    """Dilated 3x3 convolutions at half resolution: (toned image, its local particle mean, particle interiors,
-    boundaries) -> log contrast in (-1, 1) (scaled by ``particle_contrast_max`` in the generator)."""
+    """Dilated 3x3 convolutions at half resolution: (toned image, the particles' smooth shading about their local
+    mean, particle interiors, boundaries) -> log contrast in (-1, 1) (scaled by ``particle_contrast_max`` in the
+    generator)."""
 
     def __init__(self, width: int, dilations: tuple[int, ...]):
         super().__init__()
         self.net = _half_res_net(4, width, dilations)
 
-    def forward(self, toned: torch.Tensor, mean: torch.Tensor, interior: torch.Tensor,
+    def forward(self, toned: torch.Tensor, shading: torch.Tensor, interior: torch.Tensor,
                 boundary: torch.Tensor) -> torch.Tensor:
+        """shading: L - M, the particle's smooth shading about its local mean."""
         h, w = toned.shape[-2:]
-        inputs = torch.cat([2 * _pool2(toned) - 1, 8 * _pool2(toned - mean), _pool2(interior), _pool2(boundary)], 1)
+        inputs = torch.cat([2 * _pool2(toned) - 1, 8 * _pool2(shading), _pool2(interior), _pool2(boundary)], 1)
         return torch.tanh(_upsample2(self.net(inputs), h, w))
 
 
@@ -383,15 +392,18 @@ class Generator(nn.Module):
                             gain=gain, offset=offset)
 
     def _particle_shading(self, toned: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """q * (exp(c * tanh(p)) - 1) * (T(x) - M): zero outside the particle interiors."""
+        """q * (exp(c * tanh(p)) - 1) * (L - M): zero outside the particle interiors. L and M are local means of
+        T(x) over the particle interiors at the detail and particle scales: only the shading between them is
+        rescaled, the particle's pixel noise and fine texture are kept."""
         if self.particle is None:
             return torch.zeros_like(toned)
         foreground, boundary = condition[:, :1], condition[:, 1:2]
         interior = foreground * (1.0 - boundary)
-        mean = masked_mean(toned, interior, self.cfg.particle_mean_sigma_px)
-        log_contrast = self.cfg.particle_contrast_max * self.particle(toned, mean, interior, boundary)
+        shading = masked_mean(toned, interior, self.cfg.particle_detail_sigma_px)
+        mean = masked_mean(toned, interior, self.cfg.particle_mean_sigma_px, MEAN_POOL_PX)
+        log_contrast = self.cfg.particle_contrast_max * self.particle(toned, shading - mean, interior, boundary)
         mask = interior_mask(foreground, boundary, self.cfg.particle_margin_px)
-        return mask * torch.expm1(log_contrast) * (toned - mean)
+        return mask * torch.expm1(log_contrast) * (shading - mean)
 
     def _levels_map(self, x: torch.Tensor, latent: torch.Tensor, levels: torch.Tensor | None):
         """Per-image gain and offset, (B,) each."""
