@@ -177,6 +177,8 @@ def main() -> None:
                     help="per-image black/white levels of the refined images (GeneratorConfig.levels)")
     ap.add_argument("--no-texture", action="store_true", help="without the substrate texture branch (ablation)")
     ap.add_argument("--no-particle", action="store_true", help="without the particle shading branch (ablation)")
+    ap.add_argument("--detail-max", type=float, default=GeneratorConfig().detail_max,
+                    help="bound of the log factor on fine detail (GeneratorConfig.detail_max; 0 = off)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--reuse", action="store_true", help="keep datasets already in --out (skip simulate/ingest)")
@@ -206,7 +208,8 @@ def main() -> None:
     seg_name, segmenter = default_segmenter()
     config = RefinerConfig(d_view=args.d_view, generator=GeneratorConfig(levels=args.levels,
                                                                            texture=not args.no_texture,
-                                                                           particle=not args.no_particle))
+                                                                           particle=not args.no_particle,
+                                                                           detail_max=args.detail_max))
     run = out / "run"
     if run.exists() and not (args.resume or args.skip_training):
         shutil.rmtree(run)

@@ -1,7 +1,8 @@
 """The refiner's generator (label-preserving by construction) and its PatchGAN discriminator.
 
 Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) + m * b * tanh(s(...))
-                               + q * (exp(c * tanh(p(...))) - 1) * (L - M)) + o, 0, 1)
+                               + q * (exp(c * tanh(p_1(...))) - 1) * (L - M)
+                               + (q + s) * (exp(d * tanh(p_2(...))) - 1) * (T(x) - L')) + o, 0, 1)
     T  a learned monotone tone curve (piecewise linear, strictly increasing): global contrast/gamma, which can
        change how bright a structure is but never where it is;
     f  a few 3x3 convolutions: a local residual whose receptive field is (2 * n_layers + 1) px, bounded in
@@ -22,7 +23,9 @@ Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) 
        strengthen it. It is multiplied by a mask q that is exactly zero
        within ``particle_margin_px`` of any instance boundary or substrate pixel: it never touches an edge, a
        rim or the substrate, and since it scales the image's own variations it cannot draw an edge where the
-       toned image is flat;
+       toned image is flat. Its second output sets a factor in [exp(-d), exp(d)] on the fine detail T(x) - L'
+       (pixel noise and fine texture about the local mean at ~1.5 px) of particle interiors and of the substrate,
+       both away from every boundary: real images are less noisy relative to their contrast than simulated ones;
     g, o  a per-image gain and offset (a positive affine map moves no edge). Real images differ from each other
        in brightness and contrast (operator settings: the reference set's substrate level ranges over a factor
        of 3), simulated ones barely. ``levels = "real"`` (default): each refined image gets the black and white
@@ -78,6 +81,8 @@ class GeneratorConfig:
     particle_detail_sigma_px: float = 1.5  # shading is the particle's local mean L at this scale: finer detail
     # (pixel noise, fine texture) is left as it is
     particle_margin_px: int = 1  # the shading is exactly zero this close (Chebyshev) to a boundary or substrate
+    detail_max: float = 0.0  # bound of the log factor on fine detail (T(x) - L, pixel noise and fine texture) of
+    # particle interiors and substrate away from boundaries: factors in [exp(-d), exp(d)]; 0 = off
     levels: str = "real"  # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
     max_log_gain_std: float = 0.5  # bounds of the learned spreads (levels = "learned")
     max_offset_std: float = 0.1
@@ -92,6 +97,8 @@ class GeneratorConfig:
         if self.particle_width < 1 or not self.particle_dilations or min(self.particle_dilations) < 1:
             raise ValueError(f"generator.particle_width and particle_dilations must be positive, got "
                              f"{self.particle_width!r}, {self.particle_dilations!r}")
+        if not 0 <= self.detail_max <= 2:
+            raise ValueError(f"generator.detail_max must be in [0, 2], got {self.detail_max!r}")
         if not 0 <= self.particle_contrast_max <= 2:
             raise ValueError(f"generator.particle_contrast_max must be in [0, 2], got {self.particle_contrast_max!r}")
         if not 0 < self.particle_detail_sigma_px < self.particle_mean_sigma_px or self.particle_margin_px < 0:
@@ -179,6 +186,7 @@ class GeneratorOut:
     residual: torch.Tensor  # (B, 1, H, W): the local residual a * tanh(f(...)), before clipping
     texture: torch.Tensor  # (B, 1, H, W): the masked substrate texture (zeros without the branch)
     particle: torch.Tensor  # (B, 1, H, W): the masked particle shading change (zeros without the branch)
+    detail: torch.Tensor  # (B, 1, H, W): the masked change of fine detail (zeros without the branch)
     gain: torch.Tensor  # (B,) per-image gain g
     offset: torch.Tensor  # (B,) per-image offset o
 
@@ -237,14 +245,15 @@ def masked_mean(x: torch.Tensor, weight: torch.Tensor, sigma_px: float, pool_px:
     return torch.where(den > 1e-3, num / den.clamp_min(1e-3), x)
 
 
-def _half_res_net(c_in: int, width: int, dilations: tuple[int, ...]) -> nn.Sequential:
-    """Dilated 3x3 convolutions (LeakyReLU between), one output channel, last layer zero (output 0 at start)."""
+def _half_res_net(c_in: int, width: int, dilations: tuple[int, ...], c_out: int = 1) -> nn.Sequential:
+    """Dilated 3x3 convolutions (LeakyReLU between), ``c_out`` output channels, last layer zero (output 0 at
+    start)."""
     layers: list[nn.Module] = []
     for d in dilations[:-1]:
         layers += [nn.Conv2d(c_in, width, 3, padding=d, dilation=d, padding_mode="replicate"), nn.LeakyReLU(0.2)]
         c_in = width
     d = dilations[-1]
-    last = nn.Conv2d(c_in, 1, 3, padding=d, dilation=d, padding_mode="replicate")
+    last = nn.Conv2d(c_in, c_out, 3, padding=d, dilation=d, padding_mode="replicate")
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return nn.Sequential(*layers, last)
@@ -276,12 +285,13 @@ class SubstrateTexture(nn.Module):
 
 class ParticleShading(nn.Module):
     """Dilated 3x3 convolutions at half resolution: (toned image, the particles' smooth shading about their local
-    mean, particle interiors, boundaries) -> log contrast in (-1, 1) (scaled by ``particle_contrast_max`` in the
+    mean, particle interiors, boundaries) -> (B, 2, H, W) in (-1, 1): the log contrast of the particles' shading
+    and the log factor of the fine detail (scaled by ``particle_contrast_max`` and ``detail_max`` in the
     generator)."""
 
     def __init__(self, width: int, dilations: tuple[int, ...]):
         super().__init__()
-        self.net = _half_res_net(4, width, dilations)
+        self.net = _half_res_net(4, width, dilations, c_out=2)
 
     def forward(self, toned: torch.Tensor, shading: torch.Tensor, interior: torch.Tensor,
                 boundary: torch.Tensor) -> torch.Tensor:
@@ -384,26 +394,40 @@ class Generator(nn.Module):
             foreground = condition[:, :1]
             texture = (self.cfg.texture_max * substrate_mask(foreground, self.cfg.texture_margin_px)
                        * self.texture(x, z, foreground))
-        particle = self._particle_shading(toned, condition)
+        particle, detail = self._particle_shading(toned, condition)
         gain, offset = self._levels_map(x, noise.latent, levels)
-        refined = (gain[:, None, None, None] * (toned + residual + texture + particle)
+        refined = (gain[:, None, None, None] * (toned + residual + texture + particle + detail)
                    + offset[:, None, None, None]).clamp(0, 1)
         return GeneratorOut(refined=refined, toned=toned, residual=residual, texture=texture, particle=particle,
-                            gain=gain, offset=offset)
+                            detail=detail, gain=gain, offset=offset)
 
-    def _particle_shading(self, toned: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """q * (exp(c * tanh(p)) - 1) * (L - M): zero outside the particle interiors. L and M are local means of
-        T(x) over the particle interiors at the detail and particle scales: only the shading between them is
-        rescaled, the particle's pixel noise and fine texture are kept."""
+    def _particle_shading(self, toned: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(shading change, detail change), both zero without the branch.
+
+        shading: q * (exp(a) - 1) * (L - M), zero outside the particle interiors. L and M are local means of T(x)
+        over the particle interiors at the detail and particle scales: only the shading between them is rescaled.
+        detail: (q + s) * (exp(b) - 1) * (T(x) - L'), the fine detail (pixel noise, fine texture) about the local
+        mean L' of its own region (particle interiors or substrate, at the detail scale); s is the substrate
+        mask, zero within ``particle_margin_px`` + 2 px of any particle. Both only rescale the image's own
+        variations, away from every boundary."""
         if self.particle is None:
-            return torch.zeros_like(toned)
+            zero = torch.zeros_like(toned)
+            return zero, zero
         foreground, boundary = condition[:, :1], condition[:, 1:2]
         interior = foreground * (1.0 - boundary)
+        substrate = 1.0 - foreground
         shading = masked_mean(toned, interior, self.cfg.particle_detail_sigma_px)
         mean = masked_mean(toned, interior, self.cfg.particle_mean_sigma_px, MEAN_POOL_PX)
-        log_contrast = self.cfg.particle_contrast_max * self.particle(toned, shading - mean, interior, boundary)
-        mask = interior_mask(foreground, boundary, self.cfg.particle_margin_px)
-        return mask * torch.expm1(log_contrast) * (shading - mean)
+        logs = self.particle(toned, shading - mean, interior, boundary)
+        q = interior_mask(foreground, boundary, self.cfg.particle_margin_px)
+        particle = q * torch.expm1(self.cfg.particle_contrast_max * logs[:, :1]) * (shading - mean)
+        if self.cfg.detail_max == 0:
+            return particle, torch.zeros_like(toned)
+        s = substrate_mask(foreground, self.cfg.particle_margin_px)
+        local = torch.where(foreground > 0, shading,
+                            masked_mean(toned, substrate, self.cfg.particle_detail_sigma_px))
+        detail = (q + s) * torch.expm1(self.cfg.detail_max * logs[:, 1:]) * (toned - local)
+        return particle, detail
 
     def _levels_map(self, x: torch.Tensor, latent: torch.Tensor, levels: torch.Tensor | None):
         """Per-image gain and offset, (B,) each."""

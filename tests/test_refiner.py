@@ -201,7 +201,7 @@ def _two_tone_particles(size: int = 96) -> tuple[torch.Tensor, torch.Tensor, np.
 
 
 def test_particle_shading_acts_inside_particles_only_and_rescales_their_shading():
-    cfg = GeneratorConfig(texture=False)
+    cfg = GeneratorConfig(texture=False, detail_max=1.0)
     x, cond, labels = _two_tone_particles()
     noise = RefinerNoise.draw(tuple(x.shape), torch.Generator().manual_seed(2))
     # Random weights: a change of arbitrary sign and scale, exactly zero on the substrate and within the margin
@@ -217,7 +217,7 @@ def test_particle_shading_acts_inside_particles_only_and_rescales_their_shading(
     # mean: the two tones come closer, their mean stays, the rims and the substrate do not change at all.
     gen, _ = build_networks(cfg, DiscriminatorConfig(), seed=0)
     with torch.no_grad():
-        gen.particle.net[-1].bias.fill_(-10.0)  # tanh -> -1: factor exp(-1)
+        gen.particle.net[-1].bias[0] = -10.0  # shading: tanh -> -1, factor exp(-particle_contrast_max)
     refined = gen(x, cond, noise).refined[0, 0].detach().numpy()
     core = cv2.erode((labels == 1).astype(np.uint8), np.ones((13, 13), np.uint8)) > 0
     yy = np.mgrid[0:96, 0:96][0]
@@ -231,6 +231,21 @@ def test_particle_shading_acts_inside_particles_only_and_rescales_their_shading(
     noisy = (x + 0.02 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
     change = (gen(noisy, cond, noise).refined - noisy)[0, 0].detach().numpy()
     assert np.std(np.diff(change, axis=1)[core[:, 1:]]) < 0.2 * 0.02 * np.sqrt(2)
+    # The second output rescales exactly that fine detail, inside particles and on the substrate, never near a
+    # boundary: factor exp(-detail_max) on the noise of the particle cores and of the substrate far from them.
+    with torch.no_grad():
+        gen.particle.net[-1].bias[0] = 0.0
+        gen.particle.net[-1].bias[1] = -10.0
+    out = gen(noisy, cond, noise)
+    detail = out.detail[0, 0].detach().numpy()
+    assert np.all(detail[near & (labels > 0)] == 0) and np.all(out.particle.detach().numpy() == 0)
+    substrate_near = cv2.dilate((labels > 0).astype(np.uint8), np.ones((k + 4, k + 4), np.uint8)) > 0
+    assert np.all(detail[substrate_near & (labels == 0)] == 0)
+    far = cv2.erode((labels == 0).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    refined = out.refined[0, 0].detach().numpy()
+    for region in (core, far):
+        ratio = np.std(np.diff(refined, axis=1)[region[:, 1:]]) / np.std(np.diff(noisy[0, 0].numpy(), axis=1)[region[:, 1:]])
+        assert 0.5 * np.exp(-cfg.detail_max) < ratio < 1.5 * np.exp(-cfg.detail_max), ratio
     # A flat particle stays flat whatever the weights: the branch rescales shading, it cannot draw an edge.
     flat = torch.where(cond[:, :1] > 0, torch.tensor(0.6), torch.tensor(0.15))
     out = _randomised_generator(cfg, scale=1.0)(flat, cond, noise)
