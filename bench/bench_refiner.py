@@ -101,8 +101,8 @@ def shading_spread(folder: Path) -> dict:
     """Median and quartiles over particles of how unevenly each is lit (eval.image_stats.particle_shading_spread,
     on images scaled by their own levels as ``cli.py realism`` compares them): what the particle shading
     branch is meant to change."""
-    from eval.realism import image_levels, scale_to_levels
     from eval.image_stats import particle_shading_spread
+    from eval.realism import image_levels, scale_to_levels
 
     spreads = []
     for item in load_dataset(folder, labels=True):

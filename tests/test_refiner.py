@@ -243,8 +243,9 @@ def test_particle_shading_acts_inside_particles_only_and_rescales_their_shading(
     assert np.all(detail[substrate_near & (labels == 0)] == 0)
     far = cv2.erode((labels == 0).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
     refined = out.refined[0, 0].detach().numpy()
+    fine = lambda image, region: np.std(np.diff(image, axis=1)[region[:, 1:]])  # noqa: E731
     for region in (core, far):
-        ratio = np.std(np.diff(refined, axis=1)[region[:, 1:]]) / np.std(np.diff(noisy[0, 0].numpy(), axis=1)[region[:, 1:]])
+        ratio = fine(refined, region) / fine(noisy[0, 0].numpy(), region)
         assert 0.5 * np.exp(-cfg.detail_max) < ratio < 1.5 * np.exp(-cfg.detail_max), ratio
     # A flat particle stays flat whatever the weights: the branch rescales shading, it cannot draw an edge.
     flat = torch.where(cond[:, :1] > 0, torch.tensor(0.6), torch.tensor(0.15))
