@@ -29,6 +29,20 @@ def noise_std(image: np.ndarray, region: np.ndarray) -> float:
     return float(d[keep].std() / np.sqrt(2))
 
 
+def boundary_map(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: pixels with a 4-neighbour of another instance id (both sides of every interface,
+    particle/substrate and particle/particle)."""
+    lab = np.asarray(labels)
+    out = np.zeros(lab.shape, bool)
+    dy = lab[1:] != lab[:-1]
+    dx = lab[:, 1:] != lab[:, :-1]
+    out[1:] |= dy
+    out[:-1] |= dy
+    out[:, 1:] |= dx
+    out[:, :-1] |= dx
+    return out
+
+
 def radial_power_spectrum(image: np.ndarray, pixel_size_nm: float, n_bins: int = 40):
     """Radially averaged power spectrum (Hann window): (spatial frequency in 1/nm, power), log-spaced bins."""
     img = image - image.mean()
@@ -109,13 +123,7 @@ def particle_shading_spread(image: np.ndarray, labels: np.ndarray, *, core_px: i
     ``min_pixels`` core pixels are skipped. Returns one value per particle, in the image's units.
     """
     lab = np.asarray(labels)
-    other = np.zeros(lab.shape, bool)  # pixels with a 4-neighbour of another id
-    dy, dx = lab[1:] != lab[:-1], lab[:, 1:] != lab[:, :-1]
-    other[1:] |= dy
-    other[:-1] |= dy
-    other[:, 1:] |= dx
-    other[:, :-1] |= dx
-    core = (lab > 0) & (_distance_px((lab > 0) & ~other) > core_px)
+    core = (lab > 0) & (_distance_px((lab > 0) & ~boundary_map(lab)) > core_px)
     ids, values = lab[core], np.asarray(image)[core]
     order = np.argsort(ids, kind="stable")
     ids, values = ids[order], values[order]

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from eval.image_stats import boundary_map
 from eval.realism import image_levels  # the levels eval.realism normalises by
 from simulator.dataset import read_png
 
@@ -75,20 +76,6 @@ def load_dataset(folder: str | Path, *, labels: bool, limit: int | None = None,
         if px is None or not px > 0:
             raise ValueError(f"{folder}: image {rec['file_name']!r} has pixel_size_nm {px!r}, expected > 0")
         out.append(DatasetImage(rec["file_name"], image, ids, float(px), bits))
-    return out
-
-
-def boundary_map(labels: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels with a 4-neighbour of another instance id (both sides of every interface,
-    particle/substrate and particle/particle)."""
-    lab = np.asarray(labels)
-    out = np.zeros(lab.shape, bool)
-    dy = lab[1:] != lab[:-1]
-    dx = lab[:, 1:] != lab[:, :-1]
-    out[1:] |= dy
-    out[:-1] |= dy
-    out[:, 1:] |= dx
-    out[:, :-1] |= dx
     return out
 
 

@@ -25,7 +25,7 @@ Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) 
        rim or the substrate, and since it scales the image's own variations it cannot draw an edge where the
        toned image is flat. Its second output sets a factor in [exp(-d), exp(d)] on the fine detail T(x) - L'
        (pixel noise and fine texture about the local mean at ~1.5 px) of particle interiors and of the substrate,
-       both away from every boundary: real images are less noisy relative to their contrast than simulated ones;
+       both away from every boundary (off by default: ``detail_max = 0``);
     g, o  a per-image gain and offset (a positive affine map moves no edge). Real images differ from each other
        in brightness and contrast (operator settings: the reference set's substrate level ranges over a factor
        of 3), simulated ones barely. ``levels = "real"`` (default): each refined image gets the black and white
