@@ -81,6 +81,8 @@ class GeneratorConfig:
     particle_detail_sigma_px: float = 1.5  # shading is the particle's local mean L at this scale: finer detail
     # (pixel noise, fine texture) is left as it is
     particle_margin_px: int = 1  # the shading is exactly zero this close (Chebyshev) to a boundary or substrate
+    particle_ramp_px: int = 6  # ... and reaches full strength over this many px further in (smoothstep): a
+    # short ramp leaves the rim's own brightness as a band with a sharp inner edge (a ring) in a flattened particle
     detail_max: float = 0.0  # bound of the log factor on fine detail (T(x) - L, pixel noise and fine texture) of
     # particle interiors and substrate away from boundaries: factors in [exp(-d), exp(d)]; 0 = off
     levels: str = "real"  # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
@@ -113,6 +115,8 @@ class GeneratorConfig:
         if not (0 < self.max_log_gain_std <= 2 and 0 < self.max_offset_std <= 0.5):
             raise ValueError(f"generator.max_log_gain_std must be in (0, 2] and max_offset_std in (0, 0.5], got "
                              f"{self.max_log_gain_std!r}, {self.max_offset_std!r}")
+        if self.particle_ramp_px < 0:
+            raise ValueError(f"generator.particle_ramp_px must be >= 0, got {self.particle_ramp_px!r}")
         if self.texture_margin_px < 0:
             raise ValueError(f"generator.texture_margin_px must be >= 0, got {self.texture_margin_px!r}")
         if self.width < 1:
@@ -140,11 +144,13 @@ class GeneratorConfig:
             radius = max(radius, texture, self.texture_margin_px + 4)
         if self.particle:
             # the local mean (pooled, blurred with kernel radius 3 sigma, upsampled) feeds the half-resolution
-            # network; the mask grows by margin + 2 and two box filters
+            # network; the mask sees labels up to margin + ramp + 1 px away (the substrate mask of the detail
+            # factor: margin + 4)
             f = MEAN_POOL_PX
             mean = f * (max(1, round(3 * self.particle_mean_sigma_px / f)) + 2)
             detail = max(1, round(3 * self.particle_detail_sigma_px))
-            radius = max(radius, 2 * sum(self.particle_dilations) + 4 + mean + detail, self.particle_margin_px + 5)
+            radius = max(radius, 2 * sum(self.particle_dilations) + 4 + mean + detail,
+                         self.particle_margin_px + max(self.particle_ramp_px + 1, 4))
         return radius
 
     @property
@@ -219,10 +225,18 @@ def substrate_mask(foreground: torch.Tensor, margin_px: int) -> torch.Tensor:
     return m * (1.0 - near)  # the box filters must not leak texture into the dilated zone
 
 
-def interior_mask(foreground: torch.Tensor, boundary: torch.Tensor, margin_px: int) -> torch.Tensor:
-    """(B, 1, H, W) in [0, 1]: 0 within ``margin_px`` (Chebyshev) of a substrate or instance-boundary pixel,
-    rising to 1 over the next 4 px: where the particle shading may act."""
-    return substrate_mask(1.0 - foreground * (1.0 - boundary), margin_px)
+def interior_mask(foreground: torch.Tensor, boundary: torch.Tensor, margin_px: int, ramp_px: int = 4) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1]: where the particle shading may act. 0 within ``margin_px`` (Chebyshev) of a
+    substrate or instance-boundary pixel, rising as a smoothstep of the Chebyshev distance D to reach 1 at
+    D = margin + ramp + 1 (distance by iterated 3 x 3 dilation, capped there)."""
+    near = 1.0 - foreground * (1.0 - boundary)
+    reach = margin_px + ramp_px + 1
+    dist = torch.zeros_like(near)
+    for _ in range(reach):  # after k dilations, near is 1 exactly where D <= k
+        dist = dist + (1.0 - near)
+        near = nn.functional.max_pool2d(near, 3, stride=1, padding=1)
+    t = ((dist - margin_px) / (ramp_px + 1)).clamp(0, 1)
+    return t * t * (3 - 2 * t)
 
 
 def masked_mean(x: torch.Tensor, weight: torch.Tensor, sigma_px: float, pool_px: int = 1) -> torch.Tensor:
@@ -419,7 +433,7 @@ class Generator(nn.Module):
         shading = masked_mean(toned, interior, self.cfg.particle_detail_sigma_px)
         mean = masked_mean(toned, interior, self.cfg.particle_mean_sigma_px, MEAN_POOL_PX)
         logs = self.particle(toned, shading - mean, interior, boundary)
-        q = interior_mask(foreground, boundary, self.cfg.particle_margin_px)
+        q = interior_mask(foreground, boundary, self.cfg.particle_margin_px, self.cfg.particle_ramp_px)
         particle = q * torch.expm1(self.cfg.particle_contrast_max * logs[:, :1]) * (shading - mean)
         if self.cfg.detail_max == 0:
             return particle, torch.zeros_like(toned)

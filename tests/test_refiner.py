@@ -31,6 +31,7 @@ from refiner.nets import (
     RefinerNoise,
     ToneCurve,
     build_networks,
+    interior_mask,
     image_noise,
     refine_array,
 )
@@ -200,6 +201,41 @@ def _two_tone_particles(size: int = 96) -> tuple[torch.Tensor, torch.Tensor, np.
     return torch.from_numpy(image)[None, None], torch.from_numpy(condition_channels(labels))[None], labels
 
 
+def test_flattening_a_particle_leaves_no_ring_at_its_rim():
+    # The mask is a smoothstep of the Chebyshev distance D to the nearest substrate/boundary pixel: 0 up to the
+    # margin, 1 from margin + ramp + 1 on (oracle: OpenCV's chessboard distance transform).
+    size = 96
+    yy, xx = np.mgrid[0:size, 0:size]
+    radius = np.hypot(yy - 48, xx - 48)
+    labels = (radius <= 30).astype(np.int32)
+    labels[(radius <= 30) & (xx > 60)] = 2  # a particle/particle boundary as well
+    cond = torch.from_numpy(condition_channels(labels))[None]
+    inside = ((labels > 0) & ~boundary_map(labels)).astype(np.uint8)
+    d_cheb = cv2.distanceTransform(inside, cv2.DIST_C, 3)
+    for margin, ramp in ((1, 6), (2, 0)):
+        q = interior_mask(cond[:, :1], cond[:, 1:2], margin, ramp)[0, 0].numpy()
+        t = np.clip((d_cheb - margin) / (ramp + 1), 0, 1)
+        np.testing.assert_allclose(q, t * t * (3 - 2 * t), atol=1e-6)
+    # A particle whose brightness rises towards its rim (edge glow, 4 px range), flattened as far as the branch
+    # goes: the glow must fade into the flat interior, not end in a step (a ring drawn inside the particle). With
+    # no ramp the step is 2.8 x the steepest step of the input.
+    labels = (radius <= 30).astype(np.int32)
+    image = np.where(labels > 0, 0.45 + 0.4 * np.exp(-(30 - radius) / 4), 0.15).astype(np.float32)
+    x = torch.from_numpy(image)[None, None]
+    cond = torch.from_numpy(condition_channels(labels))[None]
+    noise = RefinerNoise.draw(tuple(x.shape), torch.Generator().manual_seed(0))
+    steepest = {}
+    for ramp in (0, GeneratorConfig().particle_ramp_px):
+        gen, _ = build_networks(GeneratorConfig(texture=False, particle_ramp_px=ramp), DiscriminatorConfig(), seed=0)
+        with torch.no_grad():
+            gen.particle.net[-1].bias[0] = -10.0
+            refined = gen(x, cond, noise).refined[0, 0].numpy()
+        glow = lambda im: im[48, 70] - im[48, 48]  # noqa: E731  (8 px inside the rim vs the centre)
+        assert glow(refined) < 0.5 * glow(image)  # the glow is flattened there
+        steepest[ramp] = np.abs(np.diff(refined[48, 48:77])).max() / np.abs(np.diff(image[48, 48:77])).max()
+    assert steepest[0] > 2.0 and steepest[GeneratorConfig().particle_ramp_px] < 1.2, steepest
+
+
 def test_particle_shading_acts_inside_particles_only_and_rescales_their_shading():
     cfg = GeneratorConfig(texture=False, detail_max=1.0)
     x, cond, labels = _two_tone_particles()
@@ -219,7 +255,8 @@ def test_particle_shading_acts_inside_particles_only_and_rescales_their_shading(
     with torch.no_grad():
         gen.particle.net[-1].bias[0] = -10.0  # shading: tanh -> -1, factor exp(-particle_contrast_max)
     refined = gen(x, cond, noise).refined[0, 0].detach().numpy()
-    core = cv2.erode((labels == 1).astype(np.uint8), np.ones((13, 13), np.uint8)) > 0
+    full = 2 * (cfg.particle_margin_px + cfg.particle_ramp_px + 1) + 1  # where the mask is 1
+    core = cv2.erode((labels == 1).astype(np.uint8), np.ones((full, full), np.uint8)) > 0
     yy = np.mgrid[0:96, 0:96][0]
     top, bottom = core & (yy < 44), core & (yy > 52)
     before = x[0, 0].numpy()[top].mean() - x[0, 0].numpy()[bottom].mean()
