@@ -369,6 +369,10 @@ def realism(
     r = report.c2st
     typer.echo(f"C2ST accuracy {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] (0.5 = indistinguishable); "
                f"KID {report.kid:.4g} +- {report.kid_sd:.2g}")
+    if r.by_content is not None:  # both sets labelled: which crops give a set away
+        typer.echo("  by crop content: " + "; ".join(
+            f"{name} {v['accuracy']:.3f} ({v['n_crops_a']} + {v['n_crops_b']} crops)" if v["accuracy"] is not None
+            else f"{name}: none in one set" for name, v in r.by_content.items()))
     typer.echo(f"wrote {out / 'realism.json'}, {out / 'realism.html'}")
 
 

@@ -34,12 +34,15 @@ from simulator.dataset import read_png
 
 @dataclass(frozen=True, slots=True)
 class ImageSet:
-    """A named set of (H, W) float32 images in [0, 1] at one pixel size."""
+    """A named set of (H, W) float32 images in [0, 1] at one pixel size; ``foreground``: their (H, W) bool
+    particle masks where every image of the set has a label map (then C2ST also scores substrate-only crops and
+    crops holding particles apart), else None."""
 
     name: str
     images: tuple[np.ndarray, ...]
     names: tuple[str, ...]
     pixel_size_nm: float
+    foreground: tuple[np.ndarray, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +83,9 @@ class C2STResult:
     n_images_a: int
     n_images_b: int
     folds: list[dict] = field(default_factory=list)  # per fold: train/test image names, final training loss
+    # with masks for both sets: the same test crops split into substrate-only crops and crops holding particle
+    # pixels, each with its balanced accuracy and crop counts (which content gives a set away)
+    by_content: dict[str, dict] | None = None
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -93,24 +99,39 @@ def _resample(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
 
 
+def _resample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if mask.shape == shape:
+        return mask
+    return cv2.resize(mask.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
+
+
 def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) -> ImageSet:
     """Images of a semsynth dataset folder (images/ + annotations.json) or of a plain folder of SEM files.
 
     Plain folders (TIFF/PNG, or the reference layout with SEM/) need the pixel size in their metadata or in
-    ``pixel_size_nm``; instrument info bars are removed. Images are scaled to [0, 1] by their bit depth.
+    ``pixel_size_nm``; instrument info bars are removed. Images are scaled to [0, 1] by their bit depth. A
+    dataset whose every image has a label map also gives the particle masks (``ImageSet.foreground``).
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
-    images, names, sizes = [], [], []
+    images, names, sizes, masks = [], [], [], []
     coco_path = folder / "annotations.json"
     if coco_path.is_file():
         coco = json.loads(coco_path.read_text())
+        labelled = all(record.get("label_file") for record in coco["images"])
         for record in coco["images"]:
             pixels, _ = read_png(folder / "images" / record["file_name"])
-            images.append(pixels[: info_bar_start(pixels)])
+            rows = info_bar_start(pixels)
+            images.append(pixels[:rows])
             names.append(record["file_name"])
             sizes.append(float(record.get("pixel_size_nm") or pixel_size_nm or np.nan))
+            if labelled:
+                labels = cv2.imread(str(folder / record["label_file"]), cv2.IMREAD_UNCHANGED)
+                if labels is None or labels.shape[:2] != pixels.shape:
+                    raise ValueError(f"{folder / record['label_file']}: missing, unreadable or not of the image's "
+                                     f"shape {pixels.shape}")
+                masks.append(labels[:rows] > 0)
     else:
         from eval.ingest import find_pairs
 
@@ -129,13 +150,20 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
         raise ValueError(f"{folder}: no pixel size for {missing[:3]} (pass --pixel-size-nm)")
     target = float(np.median(sizes))
     images = [_resample(im, s / target) for im, s in zip(images, sizes, strict=True)]
-    return ImageSet(folder.name, tuple(images), tuple(names), target)
+    foreground = None
+    if masks:
+        foreground = tuple(_resample_mask(m, im.shape) for m, im in zip(masks, images, strict=True))
+    return ImageSet(folder.name, tuple(images), tuple(names), target, foreground)
 
 
 def at_pixel_size(images: ImageSet, pixel_size_nm: float) -> ImageSet:
     """The set resampled to another pixel size."""
     factor = images.pixel_size_nm / pixel_size_nm
-    return ImageSet(images.name, tuple(_resample(im, factor) for im in images.images), images.names, pixel_size_nm)
+    resampled = tuple(_resample(im, factor) for im in images.images)
+    foreground = None
+    if images.foreground is not None:
+        foreground = tuple(_resample_mask(m, im.shape) for m, im in zip(images.foreground, resampled, strict=True))
+    return ImageSet(images.name, resampled, images.names, pixel_size_nm, foreground)
 
 
 # ----------------------------------------------------------------------------------------------- crops
@@ -153,15 +181,27 @@ def _dihedral(batch: torch.Tensor, k: torch.Tensor, flip: torch.Tensor) -> torch
     return out
 
 
-def random_crops(images: list[np.ndarray], n: int, crop_px: int, rng: np.random.Generator) -> np.ndarray:
-    """n crops (n, crop, crop) from uniformly chosen images at uniform positions."""
-    which = rng.integers(0, len(images), n)
-    out = np.empty((n, crop_px, crop_px), np.float32)
+def crop_positions(shapes: list[tuple[int, int]], n: int, crop_px: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3) int: image index, top and left of n crops from uniformly chosen images at uniform positions."""
+    which = rng.integers(0, len(shapes), n)
+    out = np.empty((n, 3), np.int64)
     for i, j in enumerate(which):
-        h, w = images[j].shape
-        y, x = rng.integers(0, h - crop_px + 1), rng.integers(0, w - crop_px + 1)
+        h, w = shapes[j][:2]
+        out[i] = j, rng.integers(0, h - crop_px + 1), rng.integers(0, w - crop_px + 1)
+    return out
+
+
+def cut_crops(images: list[np.ndarray], positions: np.ndarray, crop_px: int) -> np.ndarray:
+    """(n, crop, crop) float32 crops at ``crop_positions``."""
+    out = np.empty((len(positions), crop_px, crop_px), np.float32)
+    for i, (j, y, x) in enumerate(positions):
         out[i] = images[j][y : y + crop_px, x : x + crop_px]
     return out
+
+
+def random_crops(images: list[np.ndarray], n: int, crop_px: int, rng: np.random.Generator) -> np.ndarray:
+    """n crops (n, crop, crop) from uniformly chosen images at uniform positions."""
+    return cut_crops(images, crop_positions([im.shape for im in images], n, crop_px, rng), crop_px)
 
 
 def _check_size(images: list[np.ndarray], crop_px: int, set_name: str) -> None:
@@ -252,14 +292,33 @@ def _train_classifier(train_a, train_b, cfg: RealismConfig, seed: int, on_step=N
 
 
 @torch.no_grad()
-def _correct_per_image(net: nn.Module, images, label: int, cfg: RealismConfig, seed: int) -> np.ndarray:
-    """Number of correctly classified test crops of each image (fixed, seeded crop positions)."""
+def _test_crops(net: nn.Module, images, masks, label: int, cfg: RealismConfig, seed: int):
+    """Classify the test crops of each image (fixed, seeded crop positions): (n_images, crops) bool correct and,
+    with masks, (n_images, crops) bool "holds particle pixels" (else None)."""
     rng = np.random.default_rng(seed)
-    out = np.empty(len(images), np.int64)
+    correct = np.empty((len(images), cfg.test_crops_per_image), bool)
+    particle = None if masks is None else np.empty_like(correct)
     for i, image in enumerate(images):
-        crops = torch.from_numpy(random_crops([image], cfg.test_crops_per_image, cfg.crop_px, rng))[:, None]
-        predicted_a = net(crops.to(cfg.device)) > 0
-        out[i] = int((predicted_a == bool(label)).sum())
+        pos = crop_positions([image.shape], cfg.test_crops_per_image, cfg.crop_px, rng)
+        crops = torch.from_numpy(cut_crops([image], pos, cfg.crop_px))[:, None]
+        correct[i] = ((net(crops.to(cfg.device)) > 0) == bool(label)).cpu().numpy()
+        if masks is not None:
+            particle[i] = cut_crops([masks[i].astype(np.float32)], pos, cfg.crop_px).max(axis=(1, 2)) > 0
+    return correct, particle
+
+
+def accuracy_by_content(correct_a: np.ndarray, particle_a: np.ndarray, correct_b: np.ndarray,
+                        particle_b: np.ndarray) -> dict[str, dict]:
+    """Balanced accuracy of the test crops holding no particle pixel ("substrate") and of those holding some
+    ("particles"), with the crop counts of each set (accuracies None where a set has no such crop)."""
+    out = {}
+    for name, want in (("substrate", False), ("particles", True)):
+        sel_a, sel_b = particle_a == want, particle_b == want
+        acc_a = float(correct_a[sel_a].mean()) if sel_a.any() else None
+        acc_b = float(correct_b[sel_b].mean()) if sel_b.any() else None
+        both = None if acc_a is None or acc_b is None else (acc_a + acc_b) / 2
+        out[name] = {"accuracy": both, "accuracy_a": acc_a, "accuracy_b": acc_b,
+                     "n_crops_a": int(sel_a.sum()), "n_crops_b": int(sel_b.sum())}
     return out
 
 
@@ -284,8 +343,10 @@ def c2st(a: ImageSet, b: ImageSet, cfg: RealismConfig = RealismConfig(), on_step
     _check_size(list(b.images), cfg.crop_px, b.name)
     rng = np.random.default_rng(cfg.seed)
     folds_a, folds_b = _folds(len(a.images), rng), _folds(len(b.images), rng)
-    correct_a = np.zeros(len(a.images), np.int64)
-    correct_b = np.zeros(len(b.images), np.int64)
+    with_masks = a.foreground is not None and b.foreground is not None
+    crops = cfg.test_crops_per_image
+    correct_a, correct_b = np.zeros((len(a.images), crops), bool), np.zeros((len(b.images), crops), bool)
+    particle_a, particle_b = np.zeros_like(correct_a), np.zeros_like(correct_b)
     fold_records = []
     for k in range(2):
         tr_a, te_a = folds_a[k], folds_a[1 - k]
@@ -293,17 +354,23 @@ def c2st(a: ImageSet, b: ImageSet, cfg: RealismConfig = RealismConfig(), on_step
         progress = None if on_step is None else (lambda s, loss, k=k: on_step(k * cfg.steps + s, loss))
         net, final_loss = _train_classifier([a.images[i] for i in tr_a], [b.images[i] for i in tr_b], cfg,
                                             cfg.seed * 2 + k, progress)
-        correct_a[te_a] = _correct_per_image(net, [a.images[i] for i in te_a], 1, cfg, cfg.seed + 101 + k)
-        correct_b[te_b] = _correct_per_image(net, [b.images[i] for i in te_b], 0, cfg, cfg.seed + 202 + k)
+        for correct, particle, images, te, label, offset in ((correct_a, particle_a, a, te_a, 1, 101),
+                                                             (correct_b, particle_b, b, te_b, 0, 202)):
+            masks = [images.foreground[i] for i in te] if with_masks else None
+            hit, holds = _test_crops(net, [images.images[i] for i in te], masks, label, cfg, cfg.seed + offset + k)
+            correct[te] = hit
+            if with_masks:
+                particle[te] = holds
         fold_records.append({
             "train_a": [a.names[i] for i in tr_a], "test_a": [a.names[i] for i in te_a],
             "train_b": [b.names[i] for i in tr_b], "test_b": [b.names[i] for i in te_b],
             "final_train_loss": final_loss,
         })
-    acc, low, high, acc_a, acc_b = balanced_accuracy_ci(correct_a, correct_b, cfg.test_crops_per_image,
+    acc, low, high, acc_a, acc_b = balanced_accuracy_ci(correct_a.sum(1), correct_b.sum(1), crops,
                                                         n_bootstrap=cfg.n_bootstrap, rng=rng)
-    return C2STResult(acc, low, high, acc_a, acc_b, cfg.test_crops_per_image * (len(a.images) + len(b.images)),
-                      len(a.images), len(b.images), fold_records)
+    by_content = accuracy_by_content(correct_a, particle_a, correct_b, particle_b) if with_masks else None
+    return C2STResult(acc, low, high, acc_a, acc_b, crops * (len(a.images) + len(b.images)),
+                      len(a.images), len(b.images), fold_records, by_content)
 
 
 # ----------------------------------------------------------------------------------------------- KID
@@ -446,7 +513,7 @@ def normalized(images: ImageSet) -> ImageSet:
     for im in images.images:
         lo, hi = image_levels(im)
         out.append(scale_to_levels(im.astype(np.float64), lo, max(hi - lo, 1e-6)).astype(np.float32))
-    return ImageSet(images.name, tuple(out), images.names, images.pixel_size_nm)
+    return ImageSet(images.name, tuple(out), images.names, images.pixel_size_nm, images.foreground)
 
 
 def realism(a: ImageSet, b: ImageSet, cfg: RealismConfig = RealismConfig(), on_step=None) -> RealismReport:

@@ -31,8 +31,8 @@ from refiner.nets import (
     RefinerNoise,
     ToneCurve,
     build_networks,
-    interior_mask,
     image_noise,
+    interior_mask,
     refine_array,
 )
 from refiner.train import FidelityWarning, RefinerConfig, load_generator, select_checkpoint, train
