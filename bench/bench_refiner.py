@@ -133,14 +133,31 @@ def realism_scores(procedural: Path, refined: Path, real_heldout: Path, seeds: l
             runs.append({"seed": seed, "accuracy": result.accuracy, "ci95": [result.ci_low, result.ci_high]})
             # as `cli.py realism` scores by default: each image scaled by its own intensity percentiles
             norm = c2st(normalized(images), normalized(real_here), RealismConfig(seed=seed, steps=steps))
-            runs_normalised.append({"seed": seed, "accuracy": norm.accuracy, "ci95": [norm.ci_low, norm.ci_high]})
+            runs_normalised.append({"seed": seed, "accuracy": norm.accuracy, "ci95": [norm.ci_low, norm.ci_high],
+                                    "by_content": norm.by_content})
             print(f"  C2ST {name} vs held-out real, seed {seed}: raw {result.accuracy:.3f} "
                   f"[{result.ci_low:.3f}, {result.ci_high:.3f}], per-image normalised {norm.accuracy:.3f} "
                   f"[{norm.ci_low:.3f}, {norm.ci_high:.3f}]", file=sys.stderr, flush=True)
         out[name] = {"c2st_accuracy": float(np.mean([r["accuracy"] for r in runs])), "runs": runs,
                      "c2st_accuracy_normalised": float(np.mean([r["accuracy"] for r in runs_normalised])),
+                     "normalised_by_content": _mean_by_content([r["by_content"] for r in runs_normalised]),
                      "runs_normalised": runs_normalised,
                      "distances": distances(images, real_here, seed=seeds[0]), "seconds": time.perf_counter() - t0}
+    return out
+
+
+def _mean_by_content(splits: list[dict | None]) -> dict | None:
+    """Mean over seeds of the C2ST accuracy of substrate-only crops and of crops holding particles, with the
+    share of substrate-only crops in each set (None when a set is unlabelled)."""
+    if not splits or any(s is None for s in splits):
+        return None
+    out = {}
+    for kind in ("substrate", "particles"):
+        values = [s[kind]["accuracy"] for s in splits if s[kind]["accuracy"] is not None]
+        out[kind] = float(np.mean(values)) if values else None
+    for side in ("a", "b"):
+        sub = sum(s["substrate"][f"n_crops_{side}"] for s in splits)
+        out[f"substrate_share_{side}"] = sub / (sub + sum(s["particles"][f"n_crops_{side}"] for s in splits))
     return out
 
 
@@ -298,6 +315,17 @@ def main() -> None:
             (f"C2ST per-image normalised (cli.py realism default), procedural / refined (mean of {n} seeds)",
              f"{b0:.3f} / {b1:.3f}: drop {b0 - b1:+.3f} ({'met' if met_n else 'NOT met'})"),
         ]
+        split = {k: realism[k]["normalised_by_content"] for k in ("procedural", "refined")}
+        if all(v is not None for v in split.values()):
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            rows += [
+                ("  by crop content: substrate-only crops, procedural / refined",
+                 f"{fmt(split['procedural']['substrate'])} / {fmt(split['refined']['substrate'])}"),
+                ("  by crop content: crops holding particles, procedural / refined",
+                 f"{fmt(split['procedural']['particles'])} / {fmt(split['refined']['particles'])}"),
+                ("  share of substrate-only test crops: synthetic / held-out real",
+                 f"{split['procedural']['substrate_share_a']:.2f} / {split['procedural']['substrate_share_b']:.2f}"),
+            ]
         for key in ("intensity_w1", "gradient_w1_per_nm", "spectrum_rms_log10"):
             rows.append((f"{key}: procedural / refined vs real",
                          f"{realism['procedural']['distances'][key]:.4g} / {realism['refined']['distances'][key]:.4g}"))
