@@ -21,7 +21,8 @@ Generator: refined = clip(g * (T(x) + a * tanh(f([x, foreground, boundary, z])) 
        interiors at ~1.5 px: pixel noise and fine texture are left alone) varies about its local mean M (the
        same at ~20 px, about a particle), so it can flatten the two-tone shading of a faceted particle or
        strengthen it. It is multiplied by a mask q that is exactly zero
-       within ``particle_margin_px`` of any instance boundary or substrate pixel: it never touches an edge, a
+       within ``particle_margin_px`` of any instance boundary or substrate pixel and rises smoothly to 1 over
+       ``particle_ramp_px`` further in (so a flattened particle keeps no ring at its rim): it never touches an edge, a
        rim or the substrate, and since it scales the image's own variations it cannot draw an edge where the
        toned image is flat. Its second output sets a factor in [exp(-d), exp(d)] on the fine detail T(x) - L'
        (pixel noise and fine texture about the local mean at ~1.5 px) of particle interiors and of the substrate,
