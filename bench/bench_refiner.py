@@ -332,7 +332,8 @@ def main() -> None:
     else:
         rows.append(("C2ST", "skipped (eval.realism missing)"))
     rows += [
-        ("training time (s), per step", f"{timings['train_s']:.0f}, {timings['train_s_per_step']:.2f}"),
+        ("training time (s), per step", "not trained in this call (--skip-training)" if args.skip_training
+         else f"{timings['train_s']:.0f}, {timings['train_s_per_step']:.2f}"),
         ("apply (s per 1024 x 768 image)", f"{timings['apply_s_per_image']:.2f}"),
         ("threads, device", f"{args.threads}, {args.device}"),
     ]
