@@ -194,8 +194,6 @@ def main() -> None:
                     help="per-image black/white levels of the refined images (GeneratorConfig.levels)")
     ap.add_argument("--no-texture", action="store_true", help="without the substrate texture branch (ablation)")
     ap.add_argument("--no-particle", action="store_true", help="without the particle shading branch (ablation)")
-    ap.add_argument("--particle-texture", action="store_true",
-                    help="with the particle texture branch (GeneratorConfig.particle_texture)")
     ap.add_argument("--detail-max", type=float, default=GeneratorConfig().detail_max,
                     help="bound of the log factor on fine detail (GeneratorConfig.detail_max; 0 = off)")
     ap.add_argument("--threads", type=int, default=1)
@@ -228,7 +226,6 @@ def main() -> None:
     config = RefinerConfig(d_view=args.d_view, generator=GeneratorConfig(levels=args.levels,
                                                                            texture=not args.no_texture,
                                                                            particle=not args.no_particle,
-                                                                           particle_texture=args.particle_texture,
                                                                            detail_max=args.detail_max))
     run = out / "run"
     if run.exists() and not (args.resume or args.skip_training):

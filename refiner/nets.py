@@ -84,9 +84,6 @@ class GeneratorConfig:
     particle_margin_px: int = 1  # the shading is exactly zero this close (Chebyshev) to a boundary or substrate
     particle_ramp_px: int = 6  # ... and reaches full strength over this many px further in (smoothstep): a
     # short ramp leaves the rim's own brightness as a band with a sharp inner edge (a ring) in a flattened particle
-    particle_texture: bool = False  # texture inside particles (the substrate texture's network, own weights),
-    # high-passed, masked like the particle shading (zero next to every boundary, smoothstep over the ramp)
-    particle_texture_max: float = 0.08  # its bound, fraction of full scale
     detail_max: float = 0.0  # bound of the log factor on fine detail (T(x) - L, pixel noise and fine texture) of
     # particle interiors and substrate away from boundaries: factors in [exp(-d), exp(d)]; 0 = off
     levels: str = "real"  # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
@@ -100,10 +97,6 @@ class GeneratorConfig:
             raise ValueError("generator.texture needs generator.condition = True (it is masked by the labels)")
         if self.particle and not self.condition:
             raise ValueError("generator.particle needs generator.condition = True (it is masked by the labels)")
-        if self.particle_texture and not self.condition:
-            raise ValueError("generator.particle_texture needs generator.condition = True (it is masked by the labels)")
-        if not 0 <= self.particle_texture_max <= 0.5:
-            raise ValueError(f"generator.particle_texture_max must be in [0, 0.5], got {self.particle_texture_max!r}")
         if self.particle_width < 1 or not self.particle_dilations or min(self.particle_dilations) < 1:
             raise ValueError(f"generator.particle_width and particle_dilations must be positive, got "
                              f"{self.particle_width!r}, {self.particle_dilations!r}")
@@ -159,16 +152,13 @@ class GeneratorConfig:
             detail = max(1, round(3 * self.particle_detail_sigma_px))
             radius = max(radius, 2 * sum(self.particle_dilations) + 4 + mean + detail,
                          self.particle_margin_px + max(self.particle_ramp_px + 1, 4))
-        if self.particle_texture:  # the texture network, then the interior mask
-            texture = 2 * sum(self.texture_dilations) + 4 + round(3 * TEXTURE_HIGHPASS_SIGMA_PX)
-            radius = max(radius, texture, self.particle_margin_px + self.particle_ramp_px + 1)
         return radius
 
     @property
     def tile_alignment_px(self) -> int:
         """Tiles must start at multiples of this (the texture branch pools 2 x 2, the particle branch's local
         mean 4 x 4)."""
-        return MEAN_POOL_PX if self.particle else 2 if self.texture or self.particle_texture else 1
+        return MEAN_POOL_PX if self.particle else 2 if self.texture else 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,7 +194,6 @@ class GeneratorOut:
     texture: torch.Tensor  # (B, 1, H, W): the masked substrate texture (zeros without the branch)
     particle: torch.Tensor  # (B, 1, H, W): the masked particle shading change (zeros without the branch)
     detail: torch.Tensor  # (B, 1, H, W): the masked change of fine detail (zeros without the branch)
-    particle_texture: torch.Tensor  # (B, 1, H, W): the masked texture inside particles (zeros without the branch)
     gain: torch.Tensor  # (B,) per-image gain g
     offset: torch.Tensor  # (B,) per-image offset o
 
@@ -294,9 +283,7 @@ def _upsample2(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 class SubstrateTexture(nn.Module):
-    """Dilated 3x3 convolutions at half resolution: (image, noise, region) -> high-passed texture in (-1, 1).
-    The region channel is the foreground for the substrate texture, the particle interiors for the particle
-    texture."""
+    """Dilated 3x3 convolutions at half resolution: (image, noise, foreground) -> texture in (-1, 1)."""
 
     def __init__(self, width: int, dilations: tuple[int, ...]):
         super().__init__()
@@ -369,8 +356,6 @@ class Generator(nn.Module):
         self.local = nn.Sequential(*layers, last)
         self.texture = SubstrateTexture(cfg.texture_width, cfg.texture_dilations) if cfg.texture else None
         self.particle = ParticleShading(cfg.particle_width, cfg.particle_dilations) if cfg.particle else None
-        self.particle_texture = (SubstrateTexture(cfg.texture_width, cfg.texture_dilations) if cfg.particle_texture
-                                 else None)
         # Spreads s = bound * sigmoid(raw), starting at 20 % of their bound.
         start = float(torch.logit(torch.tensor(0.2)))
         self.raw_spread = nn.Parameter(torch.full((2,), start)) if cfg.levels == "learned" else None
@@ -425,18 +410,11 @@ class Generator(nn.Module):
             texture = (self.cfg.texture_max * substrate_mask(foreground, self.cfg.texture_margin_px)
                        * self.texture(x, z, foreground))
         particle, detail = self._particle_shading(toned, condition)
-        if self.particle_texture is None:
-            particle_texture = torch.zeros_like(x)
-        else:
-            foreground, boundary = condition[:, :1], condition[:, 1:2]
-            q = interior_mask(foreground, boundary, self.cfg.particle_margin_px, self.cfg.particle_ramp_px)
-            particle_texture = (self.cfg.particle_texture_max * q
-                                * self.particle_texture(x, z, foreground * (1.0 - boundary)))
         gain, offset = self._levels_map(x, noise.latent, levels)
-        refined = (gain[:, None, None, None] * (toned + residual + texture + particle + detail + particle_texture)
+        refined = (gain[:, None, None, None] * (toned + residual + texture + particle + detail)
                    + offset[:, None, None, None]).clamp(0, 1)
         return GeneratorOut(refined=refined, toned=toned, residual=residual, texture=texture, particle=particle,
-                            detail=detail, particle_texture=particle_texture, gain=gain, offset=offset)
+                            detail=detail, gain=gain, offset=offset)
 
     def _particle_shading(self, toned: torch.Tensor, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(shading change, detail change), both zero without the branch.
