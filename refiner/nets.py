@@ -216,8 +216,9 @@ class RefinerNoise:
 
 
 def substrate_mask(foreground: torch.Tensor, margin_px: int) -> torch.Tensor:
-    """(B, 1, H, W) in [0, 1]: 0 within ``margin_px`` (Chebyshev) of a foreground pixel, rising to 1 over the
-    next 4 px (the foreground dilated by margin + 2, then two 3 x 3 box filters)."""
+    """(B, 1, H, W) in [0, 1]: 0 within ``margin_px`` + 2 (Chebyshev) of a foreground pixel (so certainly within
+    ``margin_px``), rising to 1 over the next 3 px (the foreground dilated by margin + 2, then two 3 x 3 box
+    filters)."""
     grow = margin_px + 2
     near = nn.functional.max_pool2d(foreground, 2 * grow + 1, stride=1, padding=grow)
     m = 1.0 - near
