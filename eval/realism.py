@@ -303,7 +303,8 @@ def _test_crops(net: nn.Module, images, masks, label: int, cfg: RealismConfig, s
         crops = torch.from_numpy(cut_crops([image], pos, cfg.crop_px))[:, None]
         correct[i] = ((net(crops.to(cfg.device)) > 0) == bool(label)).cpu().numpy()
         if masks is not None:
-            particle[i] = cut_crops([masks[i].astype(np.float32)], pos, cfg.crop_px).max(axis=(1, 2)) > 0
+            c = cfg.crop_px
+            particle[i] = [masks[i][y : y + c, x : x + c].any() for _, y, x in pos]
     return correct, particle
 
 

@@ -227,7 +227,7 @@ def substrate_mask(foreground: torch.Tensor, margin_px: int) -> torch.Tensor:
     return m * (1.0 - near)  # the box filters must not leak texture into the dilated zone
 
 
-def interior_mask(foreground: torch.Tensor, boundary: torch.Tensor, margin_px: int, ramp_px: int = 4) -> torch.Tensor:
+def interior_mask(foreground: torch.Tensor, boundary: torch.Tensor, margin_px: int, ramp_px: int) -> torch.Tensor:
     """(B, 1, H, W) in [0, 1]: where the particle shading may act. 0 within ``margin_px`` (Chebyshev) of a
     substrate or instance-boundary pixel, rising as a smoothstep of the Chebyshev distance D to reach 1 at
     D = margin + ramp + 1 (distance by iterated 3 x 3 dilation, capped there)."""
