@@ -170,6 +170,7 @@ class ShadingConfig:
     et_shadow: float = 0.7
     base_occlusion: float = 0.6  # SE yield lost at a particle's foot by the substrate beside it (0 = none)
     base_occlusion_range_nm: float = 40.0  # ... fading over this distance from the particle
+    crevice_occlusion: float = 0.0  # the same loss on a particle beside a higher neighbour's edge (0 = none)
     et_shadow_range_nm: float = 25.0  # shadows fade over this distance from the particle (0 = line of sight)
 
     def __post_init__(self) -> None:
@@ -198,6 +199,7 @@ class ShadingConfig:
         _check_range("shading.et_shadow_range_nm", self.et_shadow_range_nm, 0.0, 1e6)
         _check_range("shading.base_occlusion", self.base_occlusion, 0.0, 1.0)
         _check_range("shading.base_occlusion_range_nm", self.base_occlusion_range_nm, 0.0, 1e6)
+        _check_range("shading.crevice_occlusion", self.crevice_occlusion, 0.0, 1.0)
         _check_range("shading.et_shadow", self.et_shadow, 0.0, 1.0)
 
 

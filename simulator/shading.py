@@ -221,6 +221,34 @@ def _distance_to_particles_nm(particle: np.ndarray, pixel_size_nm: float) -> np.
     return cv2.distanceTransform((~particle).astype(np.uint8), cv2.DIST_L2, 3) * np.float32(pixel_size_nm)
 
 
+def crevice_distance_nm(instance_id: np.ndarray, height_nm: np.ndarray, step_nm: float,
+                        pixel_size_nm: float) -> np.ndarray:
+    """(H, W) float32: for particle pixels, the distance (nm) to the nearest point of their own particle that
+    lies under a neighbour's edge (a 4-neighbour of another particle standing more than ``step_nm`` higher);
+    inf where there is none (substrate, particles not overlapped)."""
+    h = height_nm
+    under = np.zeros(h.shape, bool)
+    for axis in (0, 1):
+        for shift in (1, -1):
+            other = np.roll(instance_id, shift, axis)
+            higher = np.roll(h, shift, axis) - h > step_nm
+            hit = (instance_id > 0) & (other > 0) & (other != instance_id) & higher
+            edge = [slice(None), slice(None)]  # np.roll wraps: the first/last row or column has no neighbour there
+            edge[axis] = slice(0, 1) if shift == 1 else slice(-1, None)
+            hit[tuple(edge)] = False
+            under |= hit
+    out = np.full(h.shape, np.inf, np.float32)
+    if not under.any():
+        return out
+    dist, nearest = cv2.distanceTransformWithLabels((~under).astype(np.uint8), cv2.DIST_L2, 5,
+                                                    labelType=cv2.DIST_LABEL_PIXEL)
+    owner = np.zeros(int(nearest.max()) + 1, instance_id.dtype)  # label k: the k-th zero pixel, row-major
+    owner[1:] = instance_id[under]
+    same = (instance_id > 0) & (owner[nearest] == instance_id)
+    out[same] = dist[same] * np.float32(pixel_size_nm)
+    return out
+
+
 def _et_collection(
     render: RenderOut, cfg: ShadingConfig, pixel_size_nm: float, dist_nm: np.ndarray | None = None
 ) -> np.ndarray:
@@ -334,6 +362,13 @@ def shade(
         substrate = ~particle
         lost = cfg.base_occlusion * np.exp(-dist_nm[substrate] / cfg.base_occlusion_range_nm)
         delta[substrate] *= (1.0 - lost).astype(np.float32)
+    if cfg.crevice_occlusion > 0 and cfg.base_occlusion_range_nm > 0 and np.any(particle):
+        # The same on a particle partly under a neighbour: the neighbour's edge takes part of the escape
+        # hemisphere of the surface beneath it (the dark crevice between touching particles).
+        crevice = crevice_distance_nm(render.instance_id, render.height_nm, cfg.edge_step_nm, pixel_size_nm)
+        near = np.isfinite(crevice)
+        lost = cfg.crevice_occlusion * np.exp(-crevice[near] / cfg.base_occlusion_range_nm)
+        delta[near] *= (1.0 - lost).astype(np.float32)
     if cfg.et_fraction > 0:
         delta *= (1.0 - cfg.et_fraction) + cfg.et_fraction * _et_collection(render, cfg, pixel_size_nm, dist_nm)
     return np.maximum(delta, 0.0).astype(np.float32)

@@ -348,3 +348,30 @@ def test_base_occlusion_darkens_the_substrate_at_a_particles_foot_and_fades_over
     for d_nm in (5.0, range_nm, 3 * range_nm):
         ring = ~particle & (np.abs(dist_nm - d_nm) < 1.0)
         assert np.median(loss[ring]) == pytest.approx(0.5 * np.exp(-d_nm / range_nm), abs=0.02)
+
+
+def test_crevice_occlusion_darkens_a_particle_only_beside_the_neighbour_that_overlaps_it():
+    import cv2
+
+    # Two spheres side by side, the right one standing higher and overlapping the left one in the image.
+    px, r, range_nm = 2.0, 60.0, 20.0
+    buffers = render(spheres([[140.0, 200.0, r], [230.0, 200.0, 2 * r]], [r, r]), 400, 400, px)
+    ids = buffers.instance_id
+    low, high = ids[100, 70], ids[100, 115]  # left / right sphere's pixels
+    assert low != high and low > 0 and high > 0
+    base = dataclasses.replace(PLAIN, base_occlusion_range_nm=range_nm)
+    dark, plain = shade(buffers, dataclasses.replace(base, crevice_occlusion=0.5), px), shade(buffers, base, px)
+    assert np.array_equal(dark[ids != low], plain[ids != low])  # the upper sphere and the substrate keep theirs
+    # Along the left sphere: the yield lost is 0.5 exp(-d / range) with d the distance to where the upper sphere's
+    # edge covers it (oracle: OpenCV's distance to that interface).
+    under = np.zeros(ids.shape, bool)
+    under[:, :-1] |= (ids[:, :-1] == low) & (ids[:, 1:] == high)
+    under[:-1, :] |= (ids[:-1, :] == low) & (ids[1:, :] == high)
+    under[1:, :] |= (ids[1:, :] == low) & (ids[:-1, :] == high)
+    dist_nm = cv2.distanceTransform((~under).astype(np.uint8), cv2.DIST_L2, 5) * px
+    loss = 1 - dark / plain
+    for d_nm in (2.0, range_nm, 2 * range_nm):
+        band = (ids == low) & (np.abs(dist_nm - d_nm) < 1.0)
+        assert band.sum() > 5
+        assert np.median(loss[band]) == pytest.approx(0.5 * np.exp(-d_nm / range_nm), abs=0.03)
+    assert loss[(ids == low) & (dist_nm > 4 * range_nm)].max() < 0.5 * np.exp(-4) + 0.002  # its far side: ~nothing
