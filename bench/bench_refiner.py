@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--no-particle", action="store_true", help="without the particle shading branch (ablation)")
     ap.add_argument("--detail-max", type=float, default=GeneratorConfig().detail_max,
                     help="bound of the log factor on fine detail (GeneratorConfig.detail_max; 0 = off)")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="seed of the refiner's training only (default: --seed; data and C2ST keep --seed)")
     ap.add_argument("--lr-d", type=float, default=RefinerConfig().lr_d,
                     help="discriminator learning rate (RefinerConfig.lr_d)")
     ap.add_argument("--threads", type=int, default=1)
@@ -276,8 +278,9 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("always", FidelityWarning)
             result = train(syn_train, real_train, run, steps=args.steps, crop_px=args.crop_px,
-                           batch_size=args.batch_size, seed=args.seed, device=args.device, resume=args.resume,
-                           on_step=progress, sample_every=args.sample_every,
+                           batch_size=args.batch_size,
+                           seed=args.seed if args.train_seed is None else args.train_seed, device=args.device,
+                           resume=args.resume, on_step=progress, sample_every=args.sample_every,
                            checkpoint_every=args.checkpoint_every, config=config, segmenter=segmenter)
     timings["train_s"] = time.perf_counter() - t0 if not args.skip_training else float("nan")
     timings["train_s_per_step"] = result.seconds_per_step

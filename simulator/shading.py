@@ -13,7 +13,8 @@ Per pixel, the mean number of SE collected per primary electron:
   to image) show as thin rims: the edge effect and the relief of a film edge a few nm high (``residue_rims``);
 - base occlusion: substrate beside a particle loses the SE whose escape paths the particle's side wall takes
   (``base_occlusion`` at the silhouette, fading over ``base_occlusion_range_nm``): the dark halo at the foot of
-  every particle;
+  every particle; optionally (``crevice_occlusion``, off by default) the same on a particle partly under a
+  higher neighbour, from where that neighbour's edge covers it: the dark crevice between touching particles;
 - edge effect: where the beam lands within the SE escape range of an edge (a step down in height by more
   than ``edge_step_nm``: a particle's silhouette, or a particle lying on another), SE escape through the side
   wall too: edge = edge_gain * exp(-d / R), d the distance to that edge, R = edge_range_nm * (E / 20 keV)^1.67
@@ -242,7 +243,7 @@ def crevice_distance_nm(instance_id: np.ndarray, height_nm: np.ndarray, step_nm:
         return out
     dist, nearest = cv2.distanceTransformWithLabels((~under).astype(np.uint8), cv2.DIST_L2, 5,
                                                     labelType=cv2.DIST_LABEL_PIXEL)
-    owner = np.zeros(int(nearest.max()) + 1, instance_id.dtype)  # label k: the k-th zero pixel, row-major
+    owner = np.zeros(int(under.sum()) + 1, instance_id.dtype)  # label k: the k-th zero pixel, row-major
     owner[1:] = instance_id[under]
     same = (instance_id > 0) & (owner[nearest] == instance_id)
     out[same] = dist[same] * np.float32(pixel_size_nm)
