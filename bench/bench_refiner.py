@@ -146,14 +146,12 @@ def realism_scores(procedural: Path, refined: Path, real_heldout: Path, seeds: l
     return out
 
 
-def real_vs_real(real_train: Path, real_heldout: Path, seeds: list[int], steps: int) -> dict | None:
+def real_vs_real(real_train: Path, real_heldout: Path, seeds: list[int], steps: int) -> dict:
     """Normalised C2ST of the real training images against the held-out real ones, same seeds and settings: what
     the test scores for two sets of real images of one instrument (with a few images per set, cross-fitting can
     put it below 0.5: a classifier that learns image-specific features misjudges images it has not seen)."""
-    try:
-        from eval.realism import RealismConfig, c2st, load_image_set, normalized
-    except ImportError:
-        return None
+    from eval.realism import RealismConfig, c2st, load_image_set, normalized  # present: realism_scores ran
+
     a, b = normalized(load_image_set(real_train)), normalized(load_image_set(real_heldout))
     runs = [c2st(a, b, RealismConfig(seed=seed, steps=steps)).accuracy for seed in seeds]
     print(f"  C2ST real training vs held-out real, normalised: {', '.join(f'{r:.3f}' for r in runs)}",
@@ -298,10 +296,9 @@ def main() -> None:
     spread = {name: shading_spread(folder) for name, folder in
               (("procedural", syn_test), ("refined", refined_test), ("real_heldout", real_heldout))}
     t0 = time.perf_counter()
-    realism = realism_scores(syn_test, refined_test, real_heldout,
-                             [args.seed + k for k in range(args.c2st_seeds)], args.c2st_steps)
-    floor = real_vs_real(real_train, real_heldout, [args.seed + k for k in range(args.c2st_seeds)],
-                         args.c2st_steps) if realism is not None else None
+    c2st_seeds = [args.seed + k for k in range(args.c2st_seeds)]
+    realism = realism_scores(syn_test, refined_test, real_heldout, c2st_seeds, args.c2st_steps)
+    floor = real_vs_real(real_train, real_heldout, c2st_seeds, args.c2st_steps) if realism is not None else None
     timings["realism_s"] = time.perf_counter() - t0
     transfer = transfer_experiment(out / "refined_train", syn_train, real_heldout) if args.transfer else None
 

@@ -227,17 +227,12 @@ def crevice_distance_nm(instance_id: np.ndarray, height_nm: np.ndarray, step_nm:
     """(H, W) float32: for particle pixels, the distance (nm) to the nearest point of their own particle that
     lies under a neighbour's edge (a 4-neighbour of another particle standing more than ``step_nm`` higher);
     inf where there is none (substrate, particles not overlapped)."""
-    h = height_nm
+    ids, h = instance_id, height_nm
     under = np.zeros(h.shape, bool)
-    for axis in (0, 1):
-        for shift in (1, -1):
-            other = np.roll(instance_id, shift, axis)
-            higher = np.roll(h, shift, axis) - h > step_nm
-            hit = (instance_id > 0) & (other > 0) & (other != instance_id) & higher
-            edge = [slice(None), slice(None)]  # np.roll wraps: the first/last row or column has no neighbour there
-            edge[axis] = slice(0, 1) if shift == 1 else slice(-1, None)
-            hit[tuple(edge)] = False
-            under |= hit
+    lo, hi, all_ = slice(None, -1), slice(1, None), slice(None)
+    pairs = (((hi, all_), (lo, all_)), ((lo, all_), (hi, all_)), ((all_, hi), (all_, lo)), ((all_, lo), (all_, hi)))
+    for p, q in pairs:  # pixels p and their 4-neighbours q (above, below, left, right)
+        under[p] |= (ids[p] > 0) & (ids[q] > 0) & (ids[q] != ids[p]) & (h[q] - h[p] > step_nm)
     out = np.full(h.shape, np.inf, np.float32)
     if not under.any():
         return out
