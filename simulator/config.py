@@ -68,7 +68,7 @@ class ImageConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrimaryConfig:
-    """Primary particles: log-normal volume-equivalent diameters and one of three shapes."""
+    """Primary particles: log-normal volume-equivalent diameters and one of four shapes."""
 
     section: ClassVar[str] = "primary"
     shape: str = "irregular"
@@ -80,8 +80,11 @@ class PrimaryConfig:
     aspect_ratio_gsd: float = 1.2
     roughness: float = 0.09
     roughness_degree: int = 3
+    facet_planes: int = 14
+    facet_depth: float = 0.8
+    facet_depth_spread: float = 0.08
 
-    SHAPES: ClassVar[tuple[str, ...]] = ("sphere", "ellipsoid", "irregular")
+    SHAPES: ClassVar[tuple[str, ...]] = ("sphere", "ellipsoid", "irregular", "faceted")
 
     def __post_init__(self) -> None:
         _check_choice("primary.shape", self.shape, self.SHAPES)
@@ -93,6 +96,9 @@ class PrimaryConfig:
         _check_range("primary.aspect_ratio_gsd", self.aspect_ratio_gsd, 1.0, 3.0)
         _check_range("primary.roughness", self.roughness, 0.0, 0.25)
         _check_range("primary.roughness_degree", self.roughness_degree, 2, 6)
+        _check_range("primary.facet_planes", self.facet_planes, 4, 64)
+        _check_range("primary.facet_depth", self.facet_depth, 0.5, 1.0)
+        _check_range("primary.facet_depth_spread", self.facet_depth_spread, 0.0, 0.5)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +178,8 @@ class ShadingConfig:
     base_occlusion_range_nm: float = 40.0  # ... fading over this distance from the particle
     crevice_occlusion: float = 0.0  # the same loss on a particle beside a higher neighbour's edge (0 = none)
     et_shadow_range_nm: float = 25.0  # shadows fade over this distance from the particle (0 = line of sight)
+    se2_fraction: float = 0.0  # share of a particle's signal that is SE2, spread over the particle (0 = none)
+    se2_range_nm: float = 30.0  # ... Gaussian sigma of that spread (lateral BSE exit distance)
 
     def __post_init__(self) -> None:
         _check_range("shading.beam_energy_keV", self.beam_energy_keV, 0.1, 40.0)
@@ -200,6 +208,8 @@ class ShadingConfig:
         _check_range("shading.base_occlusion", self.base_occlusion, 0.0, 1.0)
         _check_range("shading.base_occlusion_range_nm", self.base_occlusion_range_nm, 0.0, 1e6)
         _check_range("shading.crevice_occlusion", self.crevice_occlusion, 0.0, 1.0)
+        _check_range("shading.se2_fraction", self.se2_fraction, 0.0, 1.0)
+        _check_range("shading.se2_range_nm", self.se2_range_nm, 0.0, 1e4, lo_open=True)
         _check_range("shading.et_shadow", self.et_shadow, 0.0, 1.0)
 
 

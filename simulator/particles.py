@@ -10,14 +10,24 @@ components of u (monomials m_k), standardised to zero mean and unit standard dev
 scaled by ``roughness``. Spheres and ellipsoids have coeff = 0 and s = 1. F < 0 inside, F > 0 outside, and
 grad F points outwards, so the unit normal is grad F / |grad F|.
 
+Faceted primaries (shape "faceted") are unperturbed ellipsoids cut by P planes n_k . q <= h_k: crystals with
+flat faces, straight edges and rounded corners. Their surface is
+
+    F(q) = max( sqrt(q^T M q) - 1, max_k (n_k . q / h_k - 1) ) = 0,
+
+again negative inside and in relative radius units. The normals n_k (unit, world axes) are a Fibonacci set of
+P directions turned by a random rotation per primary; h_k = depth_k * sqrt(n_k^T M^-1 n_k) puts each plane at a
+fraction depth_k of the ellipsoid's extent along n_k (depth 1: the plane only touches it).
+
 Sizes are volume-equivalent diameters drawn from a truncated log-normal; every body is rescaled so that its
-volume equals that of the sphere of the drawn diameter (numerical quadrature for perturbed bodies).
+volume equals that of the sphere of the drawn diameter (numerical quadrature for perturbed and cut bodies).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from itertools import combinations
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -41,6 +51,7 @@ class Primaries:
     shell_in: np.ndarray  # (N,) s(u) >= shell_in for all u (inner bounding ellipsoid scale)
     lipschitz_per_nm: np.ndarray  # (N,) bound on |grad F| outside the body, 1/nm
     aggregate_id: np.ndarray  # (N,) int32, 0-based
+    planes: np.ndarray  # (N, P, 4) cut planes (n_x, n_y, n_z, h_nm): n . q <= h; P = 0 for uncut bodies
 
     def __len__(self) -> int:
         return len(self.radius_nm)
@@ -66,6 +77,9 @@ class Primaries:
         """
         fields = {name: getattr(self, name) for name in self.__slots__}
         fields["shape_matrix"] = rotation @ self.shape_matrix @ rotation.T
+        planes = self.planes.copy()
+        planes[..., :3] = planes[..., :3] @ rotation.T
+        fields["planes"] = planes
         return Primaries(**fields)
 
     @staticmethod
@@ -129,14 +143,20 @@ def fibonacci_sphere(n: int = _N_SPHERE_SAMPLES) -> np.ndarray:
     return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
 
 
-def implicit_surface(q_nm: np.ndarray, shape_matrix: np.ndarray, coeff: np.ndarray) -> np.ndarray:
-    """F(q) = sqrt(q^T M q) - s(q / |q|) of one body at points q (M, 3) relative to its centre.
+def implicit_surface(
+    q_nm: np.ndarray, shape_matrix: np.ndarray, coeff: np.ndarray, planes: np.ndarray | None = None
+) -> np.ndarray:
+    """F(q) = sqrt(q^T M q) - s(q / |q|) of one body at points q (M, 3) relative to its centre; with cut
+    ``planes`` (P, 4), the maximum of that and n_k . q / h_k - 1 over the planes.
 
     Negative inside, positive outside, in units of the body's relative radius (F = 0.01: 1 % outside).
     """
     quad = np.einsum("mi,ij,mj->m", q_nm, shape_matrix, q_nm)
     u = q_nm / np.linalg.norm(q_nm, axis=1, keepdims=True)
-    return np.sqrt(quad) - 1.0 - eval_monomials(u, _degree_from_count(len(coeff))) @ coeff
+    f = np.sqrt(quad) - 1.0 - eval_monomials(u, _degree_from_count(len(coeff))) @ coeff
+    if planes is not None and len(planes):
+        f = np.maximum(f, (q_nm @ planes[:, :3].T / planes[:, 3] - 1.0).max(axis=1))
+    return f
 
 
 @cache
@@ -148,15 +168,20 @@ def _sphere_tables(degree: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return dirs, eval_monomials(dirs, degree), outer
 
 
-def radial_distance_nm(shape_matrix: np.ndarray, coeff: np.ndarray) -> np.ndarray:
+def radial_distance_nm(shape_matrix: np.ndarray, coeff: np.ndarray, planes: np.ndarray | None = None) -> np.ndarray:
     """(N, S) distance from each centre to its surface along the quadrature directions ``fibonacci_sphere()``.
 
-    shape_matrix (N, 3, 3); coeff (N, K).
+    shape_matrix (N, 3, 3); coeff (N, K); planes (N, P, 4) or None (bodies contain their centre: h > 0).
     """
     dirs, mono, outer = _sphere_tables(_degree_from_count(coeff.shape[1]))
     iu = np.triu_indices(3)
     quad = shape_matrix[:, iu[0], iu[1]] @ outer.T  # u^T M u for every (primary, direction)
-    return (1.0 + coeff @ mono.T) / np.sqrt(quad)
+    dist = (1.0 + coeff @ mono.T) / np.sqrt(quad)
+    if planes is not None and planes.shape[1]:
+        facing = planes[:, :, :3] @ dirs.T  # (N, P, S): n_k . u
+        cut = np.where(facing > 1e-12, planes[:, :, 3:] / np.maximum(facing, 1e-12), np.inf).min(axis=1)
+        dist = np.minimum(dist, cut)
+    return dist
 
 
 def sample_truncated_lognormal(
@@ -199,9 +224,13 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
     # Prolate ellipsoid of unit volume-equivalent radius, then rescale to the drawn volume.
     unit_axes = np.stack([aspect ** (2 / 3), aspect ** (-1 / 3), aspect ** (-1 / 3)], axis=1)
     unit_matrix = np.einsum("nij,nj,nkj->nik", rotation, 1.0 / unit_axes**2, rotation)
-    dist = radial_distance_nm(unit_matrix, coeff)  # (n, S), for unit volume-equivalent radius
+    planes = np.zeros((n, 0, 4))
+    if cfg.shape == "faceted":
+        planes = _cut_planes(unit_matrix, cfg, rng)
+    dist = radial_distance_nm(unit_matrix, coeff, planes)  # (n, S), for unit volume-equivalent radius
     volume_rel = (dist**3).mean(axis=1)  # (1/3) * 4 pi / S * sum r^3, divided by the unit sphere's 4 pi / 3
     scale_nm = radius_nm / np.cbrt(volume_rel)
+    planes[..., 3] *= scale_nm[:, None]
     semi_axes_nm = unit_axes * scale_nm[:, None]
     shape_matrix = unit_matrix / scale_nm[:, None, None] ** 2
     perturbation = coeff @ mono.T
@@ -225,14 +254,28 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
         shell_in=shell_in,
         lipschitz_per_nm=lipschitz_per_nm,
         aggregate_id=np.zeros(n, np.int32),
+        planes=planes,
     )
+
+
+def _cut_planes(unit_matrix: np.ndarray, cfg: PrimaryConfig, rng: np.random.Generator) -> np.ndarray:
+    """(n, P, 4) cut planes of faceted bodies: a randomly turned Fibonacci set of P normals, each plane at
+    depth_k = facet_depth * exp(facet_depth_spread * N(0, 1)) (at most 1) of the ellipsoid's support value."""
+    n = len(unit_matrix)
+    quat = rng.standard_normal((n, 4))
+    turns = Rotation.from_quat(quat / np.linalg.norm(quat, axis=1, keepdims=True)).as_matrix()
+    normals = np.einsum("nij,pj->npi", turns, fibonacci_sphere(cfg.facet_planes))  # (n, P, 3)
+    support = np.sqrt(np.einsum("npi,nij,npj->np", normals, np.linalg.inv(unit_matrix), normals))
+    depth = np.minimum(cfg.facet_depth * np.exp(cfg.facet_depth_spread * rng.standard_normal(support.shape)), 1.0)
+    return np.concatenate([normals, (depth * support)[..., None]], axis=2)
 
 
 def lowest_point_offset_nm(primaries: Primaries) -> np.ndarray:
     """(N,) z of each body's lowest surface point relative to its centre (negative).
 
-    Exact for ellipsoids (support function); for perturbed bodies the minimum over the 1024 quadrature
-    directions (a body then may rest up to a fraction of a nanometre above z = 0).
+    Exact for ellipsoids (support function); for cut ellipsoids to about 1e-3 nm (``_lowest_cut_point_nm``);
+    for perturbed bodies the minimum over the 1024 quadrature directions (a body then may rest up to a fraction
+    of a nanometre above z = 0).
     """
     inverse = np.linalg.inv(primaries.shape_matrix)
     lowest = -np.sqrt(inverse[:, 2, 2])
@@ -241,4 +284,64 @@ def lowest_point_offset_nm(primaries: Primaries) -> np.ndarray:
         dist = radial_distance_nm(primaries.shape_matrix[rough], primaries.coeff[rough])
         dirs = fibonacci_sphere()
         lowest[rough] = (dist * dirs[None, :, 2]).min(axis=1)
+    if primaries.planes.shape[1]:
+        cut = ~rough
+        lowest[cut] = _lowest_cut_point_nm(primaries.shape_matrix[cut], primaries.planes[cut])
     return lowest
+
+
+def _lowest_cut_point_nm(shape_matrix: np.ndarray, planes: np.ndarray) -> np.ndarray:
+    """(N,) lowest z of cut ellipsoids {q^T M q <= 1, n_k . q <= h_k} relative to their centres, exact.
+
+    A linear function's minimum over this convex body lies in the relative interior of one face of it: the
+    ellipsoid's own surface, the ellipse where one plane cuts it, the chord along the edge of two planes, or a
+    vertex of three. Each kind has a closed-form lowest point (with A = M^-1 for the ellipsoid and the cut
+    ellipses; a quadratic for the chords; a 3 x 3 solve for the vertices); the answer is the lowest candidate
+    that satisfies every constraint.
+    """
+    n, p = planes.shape[:2]
+    a = np.linalg.inv(shape_matrix)  # (N, 3, 3)
+    normal, h = planes[..., :3], planes[..., 3]
+    ez = np.array([0.0, 0.0, 1.0])
+    candidates = [(-a[:, :, 2] / np.sqrt(a[:, 2, 2])[:, None])[:, None]]  # ellipsoid's own lowest point
+    # One plane: the cut ellipse's centre q_c = h A n / (n A n), then its lowest point in the A-metric.
+    an = np.einsum("nij,npj->npi", a, normal)
+    nan = np.einsum("npi,npi->np", normal, an)
+    can = an[..., 2]  # e_z^T A n
+    rho2 = 1.0 - h * h / nan
+    direction = a[:, None, :, 2] - (can / nan)[..., None] * an  # A e_z projected along A n
+    length = np.sqrt(np.maximum(a[:, None, 2, 2] - can * can / nan, 1e-300))
+    one = (h / nan)[..., None] * an - (np.sqrt(np.maximum(rho2, 0.0)) / length)[..., None] * direction
+    candidates.append(np.where((rho2 > 0)[..., None], one, np.nan))
+    # Two planes: the edge line q0 + s d (q0 in the span of both normals) meets the ellipsoid at two points.
+    k, l = np.triu_indices(p, 1)
+    nk, nl = normal[:, k], normal[:, l]
+    gkl = np.einsum("npi,npi->np", nk, nl)
+    det = 1.0 - gkl * gkl
+    with np.errstate(divide="ignore", invalid="ignore"):
+        alpha = (h[:, k] - gkl * h[:, l]) / det
+        beta = (h[:, l] - gkl * h[:, k]) / det
+        q0 = alpha[..., None] * nk + beta[..., None] * nl
+        d = np.cross(nk, nl)
+        md = np.einsum("nij,npj->npi", shape_matrix, d)
+        qa = np.einsum("npi,npi->np", d, md)
+        qb = np.einsum("npi,npi->np", q0, md)
+        qc = np.einsum("npi,nij,npj->np", q0, shape_matrix, q0) - 1.0
+        disc = qb * qb - qa * qc
+        s_pm = (-qb[..., None] + np.array([-1.0, 1.0]) * np.sqrt(np.maximum(disc, 0.0))[..., None]) / qa[..., None]
+        ends = q0[..., None, :] + s_pm[..., None] * d[..., None, :]  # (N, pairs, 2, 3)
+        ok = (disc > 0) & (det > 1e-12)
+        candidates.append(np.where(ok[..., None, None], ends, np.nan).reshape(n, -1, 3))
+        # Three planes: a vertex.
+        tri = np.array(list(combinations(range(p), 3)), dtype=np.int64).reshape(-1, 3)
+        mats = normal[:, tri]  # (N, T, 3, 3)
+        dets = np.linalg.det(mats)
+        safe = np.where(np.abs(dets)[..., None, None] > 1e-9, mats, np.eye(3))
+        vertex = np.linalg.solve(safe, h[:, tri][..., None])[..., 0]
+        candidates.append(np.where((np.abs(dets) > 1e-9)[..., None], vertex, np.nan))
+    points = np.concatenate(candidates, axis=1)  # (N, C, 3)
+    scale = np.sqrt(np.linalg.eigvalsh(a)[:, -1])[:, None]  # the longest semi-axis
+    inside = np.einsum("nci,nij,ncj->nc", points, shape_matrix, points) <= 1.0 + 1e-9
+    inside &= np.all(np.einsum("nci,npi->ncp", points, normal) <= h[:, None, :] + 1e-9 * scale[..., None], axis=2)
+    z = np.where(inside, points @ ez, np.inf)
+    return z.min(axis=1)

@@ -8,7 +8,8 @@ along the ray is highest. Labels therefore come from the geometry alone, never f
 One compiled pass (numba) casts the ray of every pixel in each primary's bounding box, records the amodal hits
 and keeps the highest hit per pixel; normals are computed afterwards for the visible surface only.
 
-Ray-surface intersection: for ellipsoids the top root of a quadratic (exact). For perturbed bodies the surface
+Ray-surface intersection: for ellipsoids the top root of a quadratic (exact); for cut ellipsoids that chord
+clipped by every cut plane (exact; the normal is the plane's where a plane bounds the top). For perturbed bodies the surface
 lies between an inner and an outer scaled ellipsoid (``shell_in``, ``shell_out``); rays that enter the inner
 ellipsoid are bracketed between the two entry points; rays that only meet the outer shell are sampled at
 ``RIM_SAMPLES`` points along the outer shell's whole chord (the body may bulge below its middle), and where F
@@ -203,8 +204,26 @@ def _rough_ray_top(a, b, c, r2, q, degree, s_out, s_in, lip):
     return True, _illinois(t_hi, f_hi, t_lo, f_lo, a, b, c, r2, q, degree, MAX_REFINE_STEPS, F_TOL)
 
 
+@numba.njit(cache=True, fastmath=True, error_model="numpy", inline="always")
+def _cut_chord(x, y, t_top, t_bottom, planes, p):
+    """Clip the chord [t_bottom, t_top] of a vertical ray at (x, y) by the cut planes n . q <= h of primary p.
+    Returns (t_top, t_bottom, k): k is the plane that bounds the top, -1 if the ellipsoid does."""
+    k_top = -1
+    for k in range(planes.shape[1]):
+        nz = planes[p, k, 2]
+        rest = planes[p, k, 3] - planes[p, k, 0] * x - planes[p, k, 1] * y
+        if nz > 1e-12:
+            if rest / nz < t_top:
+                t_top, k_top = rest / nz, k
+        elif nz < -1e-12:
+            t_bottom = max(t_bottom, rest / nz)
+        elif rest < 0:
+            return -1e30, 1e30, -1
+    return t_top, t_bottom, k_top
+
+
 @numba.njit(cache=True, fastmath=True, error_model="numpy")
-def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz, pixel_size_nm,
+def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in, lipschitz, planes, pixel_size_nm,
              offsets, width, height):
     """Cast the ray of every pixel of every primary's box; keep the highest hit per pixel.
 
@@ -221,6 +240,7 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
     amodal_pixel = np.empty(total, np.int64)
     n_amodal = 0
     shifted = offsets.shape[0] > 0
+    cut = planes.shape[1] > 0  # cut ellipsoids (never perturbed: ``render`` checks)
     q = np.zeros((degree + 1, degree + 1))
     px = np.ones(degree + 1)
     py = np.ones(degree + 1)
@@ -242,6 +262,10 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
                     if disc <= 0:
                         continue
                     t = (-b + np.sqrt(disc)) / a
+                    if cut:
+                        t, t_bottom, _ = _cut_chord(x, y, t, (-b - np.sqrt(disc)) / a, planes, p)
+                        if t < t_bottom:
+                            continue
                 else:
                     if b * b - a * (c - shell_out[p] * shell_out[p]) <= 0:
                         continue
@@ -281,6 +305,16 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
         x = xr * pixel_size_nm - centre[p, 0]
         y = yr * pixel_size_nm - centre[p, 1]
         t = z_top[pix] - centre[p, 2]
+        if cut:
+            # Which surface bounds the top here: recompute the clipped chord (as in the hit pass).
+            a = m6[p, 5]
+            b = m6[p, 2] * x + m6[p, 4] * y
+            c = m6[p, 0] * x * x + 2.0 * m6[p, 1] * x * y + m6[p, 3] * y * y
+            disc = max(b * b - a * (c - 1.0), 0.0)
+            _, _, k = _cut_chord(x, y, (-b + np.sqrt(disc)) / a, (-b - np.sqrt(disc)) / a, planes, p)
+            if k >= 0:
+                normal[pix, 0], normal[pix, 1], normal[pix, 2] = planes[p, k, 0], planes[p, k, 1], planes[p, k, 2]
+                continue
         _normal_at(x, y, t, p, m6, coeff, exps, degree if rough[p] else 0, g, p0, p1, p2)
         normal[pix, 0], normal[pix, 1], normal[pix, 2] = g[0], g[1], g[2]
     return instance, z_top, normal, amodal_instance[:n_amodal], amodal_pixel[:n_amodal]
@@ -320,6 +354,9 @@ def render(
         margin = int(np.ceil(np.abs(offsets_px).max())) + 1
     else:
         offsets_px = np.zeros((0, 0, 2), np.float32)
+    planes = primaries.planes
+    if planes.shape[1] and np.any(primaries.coeff != 0):
+        raise ValueError("render: cut planes apply to unperturbed ellipsoids only; got primaries with both")
     iu = np.triu_indices(3)
     instance, height_nm, normal, amodal_instance, amodal_pixel = _zbuffer(
         _boxes(primaries, width_px, height_px, pixel_size_nm, margin),
@@ -332,6 +369,7 @@ def render(
         np.ascontiguousarray(primaries.shell_out, dtype=np.float64),
         np.ascontiguousarray(primaries.shell_in, dtype=np.float64),
         np.ascontiguousarray(primaries.lipschitz_per_nm, dtype=np.float64),
+        np.ascontiguousarray(planes, dtype=np.float64),
         float(pixel_size_nm),
         np.ascontiguousarray(offsets_px, dtype=np.float32),
         width_px,

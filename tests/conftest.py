@@ -57,4 +57,5 @@ def spheres(centres_nm, radii_nm) -> Primaries:
         shell_in=np.ones(n),
         lipschitz_per_nm=1.0 / radii_nm,
         aggregate_id=np.arange(n, dtype=np.int32),
+        planes=np.zeros((n, 0, 4)),
     )

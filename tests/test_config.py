@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ({"primary": {"diameter_gsd": 0.5}}, r"primary\.diameter_gsd must be in \[1, 3\], got 0\.5"),
         (
             {"primary": {"shape": "cube"}},
-            r"primary\.shape must be one of 'sphere', 'ellipsoid', 'irregular', got 'cube'",
+            r"primary\.shape must be one of 'sphere', 'ellipsoid', 'irregular', 'faceted', got 'cube'",
         ),
         ({"primary": {"colour": 1}}, r"unknown key primary\.colour; expected one of .*diameter_gmean_nm"),
         ({"physics": {}}, r"unknown section \[physics\]"),

@@ -375,3 +375,27 @@ def test_crevice_occlusion_darkens_a_particle_only_beside_the_neighbour_that_ove
         assert band.sum() > 5
         assert np.median(loss[band]) == pytest.approx(0.5 * np.exp(-d_nm / range_nm), abs=0.03)
     assert loss[(ids == low) & (dist_nm > 4 * range_nm)].max() < 0.5 * np.exp(-4) + 0.002  # its far side: ~nothing
+
+
+def test_se2_spread_mixes_the_particle_yield_with_its_mean_over_the_particle_only():
+    # A sphere with a bright rim (edge effect, tilt): SE2 replaces a fraction f of the local yield by its
+    # average over the particle around the beam, so the rim-to-centre contrast falls and the substrate keeps
+    # its yield.
+    px, r = 2.0, 60.0
+    buffers = render(spheres([100 * px, 100 * px, r], r), 200, 200, px)
+    particle = buffers.instance_id > 0
+    base = dataclasses.replace(PLAIN, edge_gain=0.5, base_occlusion=0.5)
+    plain = shade(buffers, base, px)
+    for f in (0.3, 0.7):
+        wide = shade(buffers, dataclasses.replace(base, se2_fraction=f, se2_range_nm=5000.0), px)
+        assert np.array_equal(wide[~particle], plain[~particle])
+        # Range far beyond the particle: the SE2 part is the particle's mean yield (substrate not averaged in).
+        np.testing.assert_allclose(wide[particle], (1 - f) * plain[particle] + f * plain[particle].mean(), rtol=2e-3)
+        near = shade(buffers, dataclasses.replace(base, se2_fraction=f, se2_range_nm=30.0), px)
+        assert np.array_equal(near[~particle], plain[~particle])
+        rim, centre = particle & ~np.roll(particle, 3, axis=1), (slice(95, 105), slice(95, 105))
+        contrast = lambda img: img[rim].mean() - img[centre].mean()  # noqa: E731
+        # Range half the sphere's radius: between no change and the particle-wide mean (1 - f), and the mean
+        # yield stays (each beam position averages its own neighbourhood, so it is kept to a few per cent).
+        assert 1 - f < contrast(near) / contrast(plain) < 1 - 0.25 * f
+        assert abs(near[particle].mean() / plain[particle].mean() - 1) < 0.05
