@@ -314,13 +314,13 @@ def _lowest_cut_point_nm(shape_matrix: np.ndarray, planes: np.ndarray) -> np.nda
     one = (h / nan)[..., None] * an - (np.sqrt(np.maximum(rho2, 0.0)) / length)[..., None] * direction
     candidates.append(np.where((rho2 > 0)[..., None], one, np.nan))
     # Two planes: the edge line q0 + s d (q0 in the span of both normals) meets the ellipsoid at two points.
-    k, l = np.triu_indices(p, 1)
-    nk, nl = normal[:, k], normal[:, l]
+    first, second = np.triu_indices(p, 1)
+    nk, nl = normal[:, first], normal[:, second]
     gkl = np.einsum("npi,npi->np", nk, nl)
     det = 1.0 - gkl * gkl
     with np.errstate(divide="ignore", invalid="ignore"):
-        alpha = (h[:, k] - gkl * h[:, l]) / det
-        beta = (h[:, l] - gkl * h[:, k]) / det
+        alpha = (h[:, first] - gkl * h[:, second]) / det
+        beta = (h[:, second] - gkl * h[:, first]) / det
         q0 = alpha[..., None] * nk + beta[..., None] * nl
         d = np.cross(nk, nl)
         md = np.einsum("nij,npj->npi", shape_matrix, d)

@@ -386,5 +386,6 @@ def se2_spread(delta: np.ndarray, particle: np.ndarray, fraction: float, sigma_p
     weight = cv2.GaussianBlur(mask, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     smooth = cv2.GaussianBlur(delta * mask, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT)
     out = delta.copy()
-    out[particle] = (1.0 - fraction) * delta[particle] + fraction * smooth[particle] / np.maximum(weight[particle], 1e-6)
+    spread = smooth[particle] / np.maximum(weight[particle], 1e-6)
+    out[particle] = (1.0 - fraction) * delta[particle] + fraction * spread
     return out

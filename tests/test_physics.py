@@ -386,6 +386,11 @@ def test_se2_spread_mixes_the_particle_yield_with_its_mean_over_the_particle_onl
     particle = buffers.instance_id > 0
     base = dataclasses.replace(PLAIN, edge_gain=0.5, base_occlusion=0.5)
     plain = shade(buffers, base, px)
+    rim, centre = particle & ~np.roll(particle, 3, axis=1), (slice(95, 105), slice(95, 105))
+
+    def contrast(img):
+        return img[rim].mean() - img[centre].mean()
+
     for f in (0.3, 0.7):
         wide = shade(buffers, dataclasses.replace(base, se2_fraction=f, se2_range_nm=5000.0), px)
         assert np.array_equal(wide[~particle], plain[~particle])
@@ -393,8 +398,6 @@ def test_se2_spread_mixes_the_particle_yield_with_its_mean_over_the_particle_onl
         np.testing.assert_allclose(wide[particle], (1 - f) * plain[particle] + f * plain[particle].mean(), rtol=2e-3)
         near = shade(buffers, dataclasses.replace(base, se2_fraction=f, se2_range_nm=30.0), px)
         assert np.array_equal(near[~particle], plain[~particle])
-        rim, centre = particle & ~np.roll(particle, 3, axis=1), (slice(95, 105), slice(95, 105))
-        contrast = lambda img: img[rim].mean() - img[centre].mean()  # noqa: E731
         # Range half the sphere's radius: between no change and the particle-wide mean (1 - f), and the mean
         # yield stays (each beam position averages its own neighbourhood, so it is kept to a few per cent).
         assert 1 - f < contrast(near) / contrast(plain) < 1 - 0.25 * f

@@ -252,9 +252,9 @@ def test_lowest_point_of_cut_bodies_matches_closed_forms():
     r, h = 100.0, 60.0
     theta = np.radians([0.0, 10.0, 25.0, 40.0])
     normals = np.column_stack([np.sin(theta), np.zeros(4), -np.cos(theta)])
-    tilted = replace(spheres(np.zeros((4, 3)), np.full(4, r)), planes=np.column_stack([normals, np.full(4, h)])[:, None])
+    tilted = replace(spheres(np.zeros((4, 3)), np.full(4, r)),
+                     planes=np.column_stack([normals, np.full(4, h)])[:, None])
     circle = -h * np.cos(theta) - np.sqrt(r * r - h * h) * np.sin(theta)
-    np.testing.assert_allclose(lowest_point_offset_nm(tilted), circle,
-                               rtol=1e-9)
+    np.testing.assert_allclose(lowest_point_offset_nm(tilted), circle, rtol=1e-9)
     above = replace(spheres(np.zeros((1, 3)), [r]), planes=np.array([[[0.0, 0.0, 1.0, 50.0], [1.0, 0.0, 0.0, 70.0]]]))
     np.testing.assert_allclose(lowest_point_offset_nm(above), [-r], rtol=1e-12)
