@@ -8,14 +8,14 @@ along the ray is highest. Labels therefore come from the geometry alone, never f
 One compiled pass (numba) casts the ray of every pixel in each primary's bounding box, records the amodal hits
 and keeps the highest hit per pixel; normals are computed afterwards for the visible surface only.
 
-Ray-surface intersection: for ellipsoids the top root of a quadratic (exact); for cut ellipsoids that
-chord clipped by every cut plane (exact; the normal is the plane's where a plane bounds the top). For
-perturbed bodies the surface lies between an inner and an outer scaled ellipsoid (``shell_in``, ``shell_out``); rays that enter the inner
-ellipsoid are bracketed between the two entry points; rays that only meet the outer shell are sampled at
-``RIM_SAMPLES`` points along the outer shell's whole chord (the body may bulge below its middle), and where F
-came within L h / 2 of zero (L a Lipschitz bound of F, h the sample spacing) a golden-section search looks for
-a dip between samples, so a missed ray is a true miss. Every bracket is refined by the Illinois (modified
-regula falsi) method until |F| < ``F_TOL`` (heights to about 1e-4 nm). ``tests/test_render.py`` checks hits
+Ray-surface intersection: for ellipsoids the top root of a quadratic (exact); for cut ellipsoids that chord
+clipped by every cut plane (exact; the normal is the plane's where a plane bounds the top). For perturbed bodies
+the surface lies between an inner and an outer scaled ellipsoid (``shell_in``, ``shell_out``); rays that enter
+the inner ellipsoid are bracketed between the two entry points; rays that only meet the outer shell are sampled
+at ``RIM_SAMPLES`` points along the outer shell's whole chord (the body may bulge below its middle), and where F
+came within L h / 2 of zero (L a Lipschitz bound of F, h the sample spacing) a golden-section search looks for a
+dip between samples, so a missed ray is a true miss. Every bracket is refined by the Illinois (modified regula
+falsi) method until |F| < ``F_TOL`` (heights to about 1e-4 nm). ``tests/test_render.py`` checks hits
 against the implicit surface and misses against a dense brute-force march.
 """
 
