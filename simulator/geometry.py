@@ -22,7 +22,7 @@ from scipy.spatial.transform import Rotation
 
 from simulator.aggregate import build_aggregate
 from simulator.config import AggregateConfig, FieldConfig, ImageConfig, PrimaryConfig
-from simulator.particles import Primaries, lowest_point_offset_nm, sample_primaries
+from simulator.particles import Primaries, fixed_order_matmul, lowest_point_offset_nm, sample_primaries
 
 _COVERAGE_GRID_PX = 4  # coarse grid cell (image pixels) for the coverage estimate
 _MAX_PRIMARIES = 200_000
@@ -61,7 +61,7 @@ def build_single_aggregate(
     )
     quat = rng.standard_normal(4)
     rotation = Rotation.from_quat(quat / np.linalg.norm(quat)).as_matrix()
-    centres = centres @ rotation.T
+    centres = fixed_order_matmul(centres, rotation.T)
     parts = parts.rotated(rotation)
     bottom = centres[:, 2] + lowest_point_offset_nm(parts)
     centres[:, 2] -= bottom.min()

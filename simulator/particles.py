@@ -76,15 +76,22 @@ class Primaries:
         it; instead it stays attached to the world frame. Its statistics do not depend on orientation.
         """
         fields = {name: getattr(self, name) for name in self.__slots__}
-        fields["shape_matrix"] = rotation @ self.shape_matrix @ rotation.T
+        fields["shape_matrix"] = fixed_order_matmul(fixed_order_matmul(rotation, self.shape_matrix), rotation.T)
         planes = self.planes.copy()
-        planes[..., :3] = planes[..., :3] @ rotation.T
+        planes[..., :3] = fixed_order_matmul(planes[..., :3], rotation.T)
         fields["planes"] = planes
         return Primaries(**fields)
 
     @staticmethod
     def concatenate(parts: list[Primaries]) -> Primaries:
         return Primaries(**{name: np.concatenate([getattr(p, name) for p in parts]) for name in Primaries.__slots__})
+
+
+def fixed_order_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (broadcast over leading axes) summed in a fixed order by numpy's einsum loop, not BLAS: BLAS
+    splits large products over threads and rounds differently with the thread count, and a dataset must be
+    byte-identical whether it was written by one process, several, or dask workers limited to one thread."""
+    return np.einsum("...ik,...kj->...ij", a, b)
 
 
 @cache
@@ -175,10 +182,10 @@ def radial_distance_nm(shape_matrix: np.ndarray, coeff: np.ndarray, planes: np.n
     """
     dirs, mono, outer = _sphere_tables(_degree_from_count(coeff.shape[1]))
     iu = np.triu_indices(3)
-    quad = shape_matrix[:, iu[0], iu[1]] @ outer.T  # u^T M u for every (primary, direction)
-    dist = (1.0 + coeff @ mono.T) / np.sqrt(quad)
+    quad = fixed_order_matmul(shape_matrix[:, iu[0], iu[1]], outer.T)  # u^T M u for every (primary, direction)
+    dist = (1.0 + fixed_order_matmul(coeff, mono.T)) / np.sqrt(quad)
     if planes is not None and planes.shape[1]:
-        facing = planes[:, :, :3] @ dirs.T  # (N, P, S): n_k . u
+        facing = fixed_order_matmul(planes[:, :, :3], dirs.T)  # (N, P, S): n_k . u
         cut = np.where(facing > 1e-12, planes[:, :, 3:] / np.maximum(facing, 1e-12), np.inf).min(axis=1)
         dist = np.minimum(dist, cut)
     return dist
@@ -214,7 +221,7 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
     dirs, mono, _ = _sphere_tables(degree)
     if cfg.shape == "irregular" and cfg.roughness > 0:
         raw = rng.standard_normal((n, n_mono))
-        values = raw @ mono.T  # (n, S)
+        values = fixed_order_matmul(raw, mono.T)  # (n, S)
         mean, std = values.mean(axis=1), values.std(axis=1)
         coeff = raw / std[:, None]
         coeff[:, 0] -= mean / std
@@ -233,12 +240,13 @@ def sample_primaries(n: int, cfg: PrimaryConfig, rng: np.random.Generator) -> Pr
     planes[..., 3] *= scale_nm[:, None]
     semi_axes_nm = unit_axes * scale_nm[:, None]
     shape_matrix = unit_matrix / scale_nm[:, None, None] ** 2
-    perturbation = coeff @ mono.T
+    perturbation = fixed_order_matmul(coeff, mono.T)
     margin = 0.15 * np.abs(perturbation).max(axis=1) if n else np.zeros(0)
     shell_out = 1.0 + perturbation.max(axis=1, initial=0.0) + margin
     shell_in = np.maximum(1.0 + perturbation.min(axis=1, initial=0.0) - margin, 0.2)
     # |grad F| <= |M q| / sqrt(q^T M q) + |grad_u s| / |q| <= sqrt(lambda_max(M)) + max|grad_u s| / r_min.
-    grad = [mono @ (d @ coeff.T) for d in monomial_derivative_matrices(degree)]  # 3 x (S, n)
+    grad = [fixed_order_matmul(mono, fixed_order_matmul(d, coeff.T))  # 3 x (S, n)
+            for d in monomial_derivative_matrices(degree)]
     radial = sum(g * dirs[:, axis, None] for axis, g in enumerate(grad))
     tangential2 = sum(g * g for g in grad) - radial * radial
     grad_max = 1.2 * np.sqrt(np.maximum(tangential2, 0.0).max(axis=0, initial=0.0))
@@ -302,7 +310,6 @@ def _lowest_cut_point_nm(shape_matrix: np.ndarray, planes: np.ndarray) -> np.nda
     n, p = planes.shape[:2]
     a = np.linalg.inv(shape_matrix)  # (N, 3, 3)
     normal, h = planes[..., :3], planes[..., 3]
-    ez = np.array([0.0, 0.0, 1.0])
     candidates = [(-a[:, :, 2] / np.sqrt(a[:, 2, 2])[:, None])[:, None]]  # ellipsoid's own lowest point
     # One plane: the cut ellipse's centre q_c = h A n / (n A n), then its lowest point in the A-metric.
     an = np.einsum("nij,npj->npi", a, normal)
@@ -343,5 +350,5 @@ def _lowest_cut_point_nm(shape_matrix: np.ndarray, planes: np.ndarray) -> np.nda
     scale = np.sqrt(np.linalg.eigvalsh(a)[:, -1])[:, None]  # the longest semi-axis
     inside = np.einsum("nci,nij,ncj->nc", points, shape_matrix, points) <= 1.0 + 1e-9
     inside &= np.all(np.einsum("nci,npi->ncp", points, normal) <= h[:, None, :] + 1e-9 * scale[..., None], axis=2)
-    z = np.where(inside, points @ ez, np.inf)
+    z = np.where(inside, points[..., 2], np.inf)
     return z.min(axis=1)

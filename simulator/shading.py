@@ -38,7 +38,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from simulator.config import ShadingConfig
-from simulator.particles import fibonacci_sphere
+from simulator.particles import fibonacci_sphere, fixed_order_matmul
 from simulator.render import RenderOut
 
 _TILE_PX = 512  # tileable texture: _TILE_CELLS noise cells of _TILE_PX / _TILE_CELLS pixels
@@ -259,7 +259,8 @@ def _et_collection(
     towards = np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)], np.float32)
     facing = np.ones(render.shape, np.float32)  # the flat substrate faces the detector as the reference
     particle = render.instance_id > 0
-    facing[particle] = np.clip(render.normal[particle] @ towards, 0.0, 1.0) / towards[2]
+    cos_towards = fixed_order_matmul(render.normal[particle], towards[:, None])[:, 0]
+    facing[particle] = np.clip(cos_towards, 0.0, 1.0) / towards[2]
     if cfg.et_shadow == 0 or not np.any(particle):
         return facing
     # Shadows vary slowly: they are traced on a half-resolution height map and interpolated back.
