@@ -281,7 +281,7 @@ def _cut_planes(unit_matrix: np.ndarray, cfg: PrimaryConfig, rng: np.random.Gene
 def lowest_point_offset_nm(primaries: Primaries) -> np.ndarray:
     """(N,) z of each body's lowest surface point relative to its centre (negative).
 
-    Exact for ellipsoids (support function); for cut ellipsoids to about 1e-3 nm (``_lowest_cut_point_nm``);
+    Exact for ellipsoids (support function) and for cut ellipsoids (``_lowest_cut_point_nm``, closed forms);
     for perturbed bodies the minimum over the 1024 quadrature directions (a body then may rest up to a fraction
     of a nanometre above z = 0).
     """
