@@ -233,6 +233,7 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
     n_pix = width * height
     instance = np.zeros(n_pix, np.int32)
     z_top = np.full(n_pix, -1e30, np.float32)  # finite sentinel: fastmath assumes no infinities
+    top_plane = np.full(n_pix, -1, np.int32)  # cut plane that bounds the visible top (-1: the curved surface)
     total = 0
     for p in range(boxes.shape[0]):
         total += max(boxes[p, 1] - boxes[p, 0] + 1, 0) * max(boxes[p, 3] - boxes[p, 2] + 1, 0)
@@ -257,13 +258,14 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
                 a = m6[p, 5]
                 b = m6[p, 2] * x + m6[p, 4] * y
                 c = m6[p, 0] * x * x + 2.0 * m6[p, 1] * x * y + m6[p, 3] * y * y
+                k_top = -1
                 if not rough[p]:  # ellipsoid: the top root of a quadratic
                     disc = b * b - a * (c - 1.0)
                     if disc <= 0:
                         continue
                     t = (-b + np.sqrt(disc)) / a
                     if cut:
-                        t, t_bottom, _ = _cut_chord(x, y, t, (-b - np.sqrt(disc)) / a, planes, p)
+                        t, t_bottom, k_top = _cut_chord(x, y, t, (-b - np.sqrt(disc)) / a, planes, p)
                         if t < t_bottom:
                             continue
                 else:
@@ -284,7 +286,7 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
                 n_amodal += 1
                 z = centre[p, 2] + t
                 if z > z_top[pix]:
-                    z_top[pix], instance[pix] = z, p + 1
+                    z_top[pix], instance[pix], top_plane[pix] = z, p + 1, k_top
     # Normals of the visible surface only.
     normal = np.zeros((n_pix, 3), np.float32)
     g = np.zeros(3)
@@ -297,6 +299,10 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
             normal[pix, 2] = 1.0
             z_top[pix] = 0.0
             continue
+        k = top_plane[pix]
+        if k >= 0:  # a flat face of a cut ellipsoid: its plane's normal
+            normal[pix, 0], normal[pix, 1], normal[pix, 2] = planes[p, k, 0], planes[p, k, 1], planes[p, k, 2]
+            continue
         row, col = pix // width, pix % width
         xr, yr = col + 0.5, row + 0.5
         if shifted:
@@ -305,16 +311,6 @@ def _zbuffer(boxes, centre, m6, coeff, exps, degree, rough, shell_out, shell_in,
         x = xr * pixel_size_nm - centre[p, 0]
         y = yr * pixel_size_nm - centre[p, 1]
         t = z_top[pix] - centre[p, 2]
-        if cut:
-            # Which surface bounds the top here: recompute the clipped chord (as in the hit pass).
-            a = m6[p, 5]
-            b = m6[p, 2] * x + m6[p, 4] * y
-            c = m6[p, 0] * x * x + 2.0 * m6[p, 1] * x * y + m6[p, 3] * y * y
-            disc = max(b * b - a * (c - 1.0), 0.0)
-            _, _, k = _cut_chord(x, y, (-b + np.sqrt(disc)) / a, (-b - np.sqrt(disc)) / a, planes, p)
-            if k >= 0:
-                normal[pix, 0], normal[pix, 1], normal[pix, 2] = planes[p, k, 0], planes[p, k, 1], planes[p, k, 2]
-                continue
         _normal_at(x, y, t, p, m6, coeff, exps, degree if rough[p] else 0, g, p0, p1, p2)
         normal[pix, 0], normal[pix, 1], normal[pix, 2] = g[0], g[1], g[2]
     return instance, z_top, normal, amodal_instance[:n_amodal], amodal_pixel[:n_amodal]
