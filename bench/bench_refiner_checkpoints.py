@@ -1,0 +1,134 @@
+"""Realism of every saved checkpoint of a refiner run: does training make the images harder to tell from real?
+
+For the unrefined (procedural) images and for each RUN/generators/step_N.pt of a `bench/bench_refiner.py` output
+folder, the per-image normalised C2ST (the `cli.py realism` default) of
+
+    validation  the last --n-val synthetic *training* images, refined, vs the real *training* images: a
+                signal that may be used to choose a checkpoint (no held-out image takes part);
+    test        the synthetic test images, refined, vs the held-out real images: the issue's figure, shown
+                for diagnosis only (choosing a checkpoint by it would leak the test set).
+
+Each row: mean balanced accuracy over the C2ST seeds, and by crop content (bare substrate / holding particles).
+Writes OUT/checkpoints.json and OUT/checkpoints.png. Needs the folder a bench_refiner run left behind:
+
+    python bench/bench_refiner.py --out /tmp/semsynth-bench-refiner --steps 1000
+    python bench/bench_refiner_checkpoints.py --out /tmp/semsynth-bench-refiner [--seeds 3] [--c2st-steps 300]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_THREADS = int(os.environ.get("SEMSYNTH_THREADS", "1"))
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, str(_THREADS))
+
+import argparse
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+torch.set_num_threads(_THREADS)
+cv2.setNumThreads(_THREADS)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.realism import ImageSet, RealismConfig, c2st, load_image_set, normalized  # noqa: E402
+from refiner.data import condition_channels, load_dataset  # noqa: E402
+from refiner.nets import image_noise, refine_array  # noqa: E402
+from refiner.train import load_generator  # noqa: E402
+
+
+def refined_set(generator, images, name: str, pixel_size_nm: float) -> ImageSet:
+    """Normalised ImageSet of ``images`` (DatasetImage with labels) refined by ``generator`` (None = as they are),
+    quantised as `refine apply` writes them (8 bit), with their particle masks."""
+    out = []
+    for index, item in enumerate(images):
+        x = item.image
+        if generator is not None:
+            x = refine_array(generator, x, condition_channels(item.labels), image_noise(x.shape, 0, index))
+        top = (1 << item.bit_depth) - 1
+        out.append((np.rint(np.clip(x, 0.0, 1.0) * top) / top).astype(np.float32))
+    names = tuple(f"{name}-{i}" for i in range(len(out)))
+    return normalized(ImageSet(name, tuple(out), names, pixel_size_nm, tuple(i.labels > 0 for i in images)))
+
+
+def score(a: ImageSet, b: ImageSet, seeds: int, steps: int) -> dict:
+    runs = [c2st(a, b, RealismConfig(seed=s, steps=steps)) for s in range(seeds)]
+    by = [r.by_content or {} for r in runs]
+
+    def mean_of(key: str) -> float | None:
+        values = [d[key]["accuracy"] for d in by if d.get(key) and d[key]["accuracy"] is not None]
+        return float(np.mean(values)) if values else None
+
+    return {"c2st": float(np.mean([r.accuracy for r in runs])), "per_seed": [r.accuracy for r in runs],
+            "substrate": mean_of("substrate"), "particles": mean_of("particles")}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows[1:]]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for key, colour, label in (("validation", "tab:blue", "validation: synthetic train vs real train"),
+                               ("test", "tab:red", "test: synthetic test vs held-out real")):
+        ax.plot(steps, [r[key]["c2st"] for r in rows[1:]], "o-", color=colour, label=f"refined, {label}")
+        ax.axhline(rows[0][key]["c2st"], color=colour, ls="--", lw=1, label="procedural (step 0)")
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.set_xlabel("refiner training step")
+    ax.set_ylabel("normalised C2ST (0.5 = chance)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/semsynth-bench-refiner"),
+                    help="a bench_refiner.py output folder")
+    ap.add_argument("--n-val", type=int, default=8, help="last synthetic training images used for validation")
+    ap.add_argument("--seeds", type=int, default=3, help="C2ST repeats (folds and classifier seeds)")
+    ap.add_argument("--c2st-steps", type=int, default=300)
+    args = ap.parse_args()
+    need = ["synthetic_train", "synthetic_test", "real_train", "real_heldout", "run/generators"]
+    missing = [n for n in need if not (args.out / n).is_dir()]
+    if missing:
+        sys.exit(f"{args.out}: missing {missing}; run bench/bench_refiner.py --out {args.out} first")
+    checkpoints = sorted((args.out / "run" / "generators").glob("step_*.pt"))
+    if not checkpoints:
+        sys.exit(f"{args.out / 'run' / 'generators'}: no step_*.pt checkpoints")
+    val = load_dataset(args.out / "synthetic_train", labels=True)[-args.n_val:]
+    test = load_dataset(args.out / "synthetic_test", labels=True)
+    px = test[0].pixel_size_nm
+    real_train = normalized(load_image_set(args.out / "real_train"))
+    real_heldout = normalized(load_image_set(args.out / "real_heldout"))
+    rows = []
+    print("| step | validation C2ST (substrate / particles) | test C2ST (substrate / particles) |")
+    print("|---|---|---|")
+    for path in [None, *checkpoints]:
+        gen = None if path is None else load_generator(path)[0]
+        step = 0 if path is None else int(path.stem.split("_")[-1])
+        row = {"step": step,
+               "validation": score(refined_set(gen, val, "val", px), real_train, args.seeds, args.c2st_steps),
+               "test": score(refined_set(gen, test, "test", px), real_heldout, args.seeds, args.c2st_steps)}
+        rows.append(row)
+        cells = [f"{row[k]['c2st']:.3f} ({row[k]['substrate']:.3f} / {row[k]['particles']:.3f})"
+                 for k in ("validation", "test")]
+        print(f"| {step if step else 'procedural'} | {cells[0]} | {cells[1]} |", flush=True)
+    report = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    tmp = args.out / "checkpoints.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    tmp.replace(args.out / "checkpoints.json")
+    plot(rows, args.out / "checkpoints.png")
+    print(f"wrote {args.out / 'checkpoints.json'} and {args.out / 'checkpoints.png'}")
+
+
+if __name__ == "__main__":
+    main()
