@@ -13,59 +13,49 @@ Writes OUT/checkpoints.json and OUT/checkpoints.png. Needs the folder a bench_re
 
     python bench/bench_refiner.py --out /tmp/semsynth-bench-refiner --steps 1000
     python bench/bench_refiner_checkpoints.py --out /tmp/semsynth-bench-refiner [--seeds 3] [--c2st-steps 300]
+        [--threads 1]
 """
 
 from __future__ import annotations
 
-import os
 import sys
-
-_THREADS = int(os.environ.get("SEMSYNTH_THREADS", "1"))
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, str(_THREADS))
-
-import argparse
-import json
 from pathlib import Path
 
-import cv2
-import numpy as np
-import torch
-
-torch.set_num_threads(_THREADS)
-cv2.setNumThreads(_THREADS)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# First: bench_refiner applies --threads (OMP/BLAS/numba limits, torch and OpenCV threads) as it is imported,
+# before numpy and torch are.
+from bench.bench_refiner import _mean_by_content  # noqa: E402, I001
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from eval.realism import ImageSet, RealismConfig, c2st, load_image_set, normalized  # noqa: E402
 from refiner.data import condition_channels, load_dataset  # noqa: E402
 from refiner.nets import image_noise, refine_array  # noqa: E402
-from refiner.train import load_generator  # noqa: E402
+from refiner.train import load_generator, quantized  # noqa: E402
 
 
 def refined_set(generator, images, name: str, pixel_size_nm: float) -> ImageSet:
     """Normalised ImageSet of ``images`` (DatasetImage with labels) refined by ``generator`` (None = as they are),
-    quantised as `refine apply` writes them (8 bit), with their particle masks."""
+    quantised as `refine apply` writes them, with their particle masks."""
     out = []
     for index, item in enumerate(images):
         x = item.image
         if generator is not None:
             x = refine_array(generator, x, condition_channels(item.labels), image_noise(x.shape, 0, index))
-        top = (1 << item.bit_depth) - 1
-        out.append((np.rint(np.clip(x, 0.0, 1.0) * top) / top).astype(np.float32))
+        out.append(quantized(x, item.bit_depth))
     names = tuple(f"{name}-{i}" for i in range(len(out)))
     return normalized(ImageSet(name, tuple(out), names, pixel_size_nm, tuple(i.labels > 0 for i in images)))
 
 
 def score(a: ImageSet, b: ImageSet, seeds: int, steps: int) -> dict:
     runs = [c2st(a, b, RealismConfig(seed=s, steps=steps)) for s in range(seeds)]
-    by = [r.by_content or {} for r in runs]
-
-    def mean_of(key: str) -> float | None:
-        values = [d[key]["accuracy"] for d in by if d.get(key) and d[key]["accuracy"] is not None]
-        return float(np.mean(values)) if values else None
-
+    by_content = _mean_by_content([r.by_content for r in runs])  # both sets have masks here
     return {"c2st": float(np.mean([r.accuracy for r in runs])), "per_seed": [r.accuracy for r in runs],
-            "substrate": mean_of("substrate"), "particles": mean_of("particles")}
+            "substrate": by_content["substrate"], "particles": by_content["particles"]}
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -96,6 +86,7 @@ def main() -> None:
     ap.add_argument("--n-val", type=int, default=8, help="last synthetic training images used for validation")
     ap.add_argument("--seeds", type=int, default=3, help="C2ST repeats (folds and classifier seeds)")
     ap.add_argument("--c2st-steps", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV/BLAS threads (applied on import)")
     args = ap.parse_args()
     need = ["synthetic_train", "synthetic_test", "real_train", "real_heldout", "run/generators"]
     missing = [n for n in need if not (args.out / n).is_dir()]
