@@ -43,7 +43,7 @@ def simulate(
     from tqdm import tqdm
 
     from simulator.config import ConfigError
-    from simulator.dataset import write_dataset
+    from simulator.io.writer import write_dataset
     from simulator.sweep import expand, load_run_config
 
     try:
@@ -65,14 +65,17 @@ def simulate(
     typer.echo(f"wrote {counts['images']} images, {counts['annotations']} visible particles to {out}/")
     typer.echo(f"  annotations: {out / 'annotations.json'}")
     if preview:
-        sheet = write_preview(out, out / "preview.png")
-        typer.echo(f"  preview:     {sheet}")
+        from simulator.io.files import atomic_write_bytes, encode_png
+        from simulator.preview import dataset_preview
+
+        atomic_write_bytes(out / "preview.png", encode_png(dataset_preview(out)))
+        typer.echo(f"  preview:     {out / 'preview.png'}")
 
 
 @app.command()
 def check(dataset: Path = typer.Argument(..., help="Dataset folder written by simulate.")) -> None:
     """Validate a dataset: files, PNG integrity, COCO schema, mask and image sizes, ids. Exit 1 on problems."""
-    from simulator.check import check_dataset
+    from simulator.io.check import check_dataset
 
     problems = check_dataset(dataset)
     if problems:
@@ -81,32 +84,6 @@ def check(dataset: Path = typer.Argument(..., help="Dataset folder written by si
             typer.echo(f"  - {problem}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"{dataset}: OK")
-
-
-def write_preview(dataset: Path, out_png: Path, max_images: int = 2) -> Path:
-    """Contact sheet of the first images of a dataset with their visible-instance contours (reads only the
-    first images' records, so it costs the same for any dataset size)."""
-    import cv2
-    import numpy as np
-
-    from simulator.dataset import atomic_write_bytes, encode_png, record_path
-    from simulator.preview import contact_sheet, overlay
-
-    tiles = []
-    for index in range(max_images):
-        path = record_path(dataset, index)
-        if not path.exists():
-            break
-        image = json.loads(path.read_text())["image"]
-        pixels = cv2.imread(str(dataset / "images" / image["file_name"]), cv2.IMREAD_UNCHANGED)
-        if pixels.dtype == np.uint16:
-            pixels = (pixels >> 8).astype(np.uint8)
-        tiles.append(cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR))
-        if image.get("label_file"):
-            labels = cv2.imread(str(dataset / image["label_file"]), cv2.IMREAD_UNCHANGED)
-            tiles.append(overlay(pixels, labels.astype(np.int32)))
-    atomic_write_bytes(out_png, encode_png(contact_sheet(tiles, columns=2)))
-    return out_png
 
 
 @app.command()
@@ -119,7 +96,7 @@ def ingest(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in --out."),
 ) -> None:
     """Convert real SEM images (TIFF/PNG, optional masks) into the dataset layout of simulate."""
-    from eval.ingest import ingest as run_ingest
+    from eval.data.ingest import ingest as run_ingest
 
     try:
         report = run_ingest(src, out, pixel_size_nm=pixel_size_nm, overwrite=overwrite)
@@ -143,10 +120,10 @@ def fit(
     """Estimate simulator parameters from real images and masks; writes OUT, OUT.md (table) and OUT_ecd.png."""
     import numpy as np
 
-    from eval.fit import dataset_samples, ecd_plot, measure, report_table, simulated_samples
-    from eval.fit import fit as run_fit
+    from eval.calibrate.fit import dataset_samples, ecd_plot, measure, report_table, simulated_samples
+    from eval.calibrate.fit import fit as run_fit
     from simulator.config import ConfigError, SimConfig, config_to_toml, load_config
-    from simulator.dataset import atomic_write_bytes
+    from simulator.io.files import atomic_write_bytes
 
     try:
         base_cfg = load_config(base) if base else SimConfig()
@@ -194,10 +171,10 @@ def preview(
 ) -> None:
     """Contact sheet of synthetic images next to real ones at the same scale, plus a statistics table
     (OUT.md) and the power spectra (OUT_spectrum.png) of real vs synthetic."""
-    from eval.compare import compare, criteria_met, markdown_table, preview_tiles, simulate, spectrum_plot
-    from eval.reference import DEFAULT_REFERENCE, load_reference
+    from eval.calibrate.compare import compare, criteria_met, markdown_table, preview_tiles, simulate, spectrum_plot
+    from eval.data.reference import DEFAULT_REFERENCE, load_reference
     from simulator.config import ConfigError, load_config
-    from simulator.dataset import atomic_write_bytes, encode_png
+    from simulator.io.files import atomic_write_bytes, encode_png
     from simulator.preview import contact_sheet
 
     try:
@@ -232,7 +209,7 @@ def _progress(desc: str, total: int):
 
 
 def _load_model(spec: str):
-    from eval.models import load_model
+    from eval.segment.registry import load_model
 
     try:
         return load_model(spec)
@@ -290,9 +267,9 @@ def robustness(
     seed: int = typer.Option(0, "--seed", min=0, help="Dataset seed."),
 ) -> None:
     """Simulate a sweep, run a model, and state its operating range with Clopper-Pearson bounds."""
-    from eval.ranges import RangeCriterion
-    from eval.robustness import RobustnessConfig
-    from eval.robustness import robustness as run_robustness
+    from eval.robustness.rows import RangeCriterion
+    from eval.robustness.run import RobustnessConfig
+    from eval.robustness.run import robustness as run_robustness
     from simulator.config import ConfigError
 
     try:
@@ -341,9 +318,11 @@ def realism(
     """How distinguishable two image sets are: C2ST accuracy with a 95 % interval, KID, distances."""
     import dataclasses
 
-    from eval.realism import RealismConfig, html_summary, load_image_set, summary_plot
-    from eval.realism import realism as run_realism
-    from simulator.dataset import atomic_write_bytes
+    from eval.realism.config import RealismConfig
+    from eval.realism.data import load_image_set
+    from eval.realism.report import html_summary, summary_plot
+    from eval.realism.report import realism as run_realism
+    from simulator.io.files import atomic_write_bytes
 
     try:
         overrides = {k: v for k, v in (("steps", steps), ("crop_px", crop_px), ("ae_steps", ae_steps)) if v is not None}
@@ -395,7 +374,7 @@ def segment_train(
     """Train the U-Net (foreground, boundary and distance maps + watershed) on labelled datasets."""
     from tqdm import tqdm
 
-    from eval.unet import train_unet
+    from eval.segment.unet import train_unet
 
     with tqdm(total=steps, desc="train", unit="step") as bar:
         def on_step(step, losses):

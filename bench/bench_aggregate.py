@@ -1,4 +1,4 @@
-"""Benchmark ``simulator.aggregate.build_aggregate`` against PyFracVAL, side by side in one run.
+"""Benchmark ``simulator.geometry.aggregate.build_aggregate`` against PyFracVAL, side by side in one run.
 
 Run: ``python bench/bench_aggregate.py [--repeats 30] [--sweep-max 512] [--seed 0]``
 
@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from simulator.aggregate import build_aggregate  # noqa: E402
+from simulator.geometry.aggregate import build_aggregate  # noqa: E402
 
 DF, KF, GEOMETRIC_MEAN_NM, GEOMETRIC_STD, OVERLAP = 1.8, 1.3, 50.0, 1.2, 0.0
 

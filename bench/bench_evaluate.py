@@ -19,9 +19,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.evaluate import EvaluateConfig, evaluate  # noqa: E402
-from eval.models import load_model  # noqa: E402
+from eval.segment.registry import load_model  # noqa: E402
 from simulator.config import load_config  # noqa: E402
-from simulator.dataset import write_dataset  # noqa: E402
+from simulator.io.writer import write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -23,8 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.realism import ImageSet, RealismConfig, realism  # noqa: E402
-from eval.reference import DEFAULT_REFERENCE  # noqa: E402
+from eval.data.reference import DEFAULT_REFERENCE  # noqa: E402
+from eval.realism.config import RealismConfig
+from eval.realism.data import ImageSet  # noqa: E402
+from eval.realism.report import realism
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +59,7 @@ def main() -> None:
     if not args.reference.is_dir():
         sys.exit(f"skipped: reference images not found at {args.reference}")
     torch.set_num_threads(args.threads)
-    from eval.realism import load_image_set
+    from eval.realism.data import load_image_set
 
     real = load_image_set(args.reference)
     cfg = RealismConfig(steps=args.steps)

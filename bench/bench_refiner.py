@@ -12,7 +12,7 @@
 Run: python bench/bench_refiner.py [--steps 600] [--threads 1] [--out /tmp/semsynth-bench-refiner]
 Outputs (all under --out): datasets, the run folder (samples/, fidelity.jsonl, ...), report.md, report.json.
 The transfer experiment (a U-Net trained on refined vs unrefined images, tested on real ones) has a hook,
-``transfer_experiment``, that runs when eval.unet provides a trainer (--transfer).
+``transfer_experiment``, that runs when eval.segment.unet provides a trainer (--transfer).
 """
 
 from __future__ import annotations
@@ -50,15 +50,15 @@ cv2.setNumThreads(_THREADS)
 torch.set_num_threads(_THREADS)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.ingest import find_pairs, ingest
-from eval.reference import DEFAULT_REFERENCE
+from eval.data.ingest import find_pairs, ingest
+from eval.data.reference import DEFAULT_REFERENCE
 from refiner.apply import apply
 from refiner.data import load_dataset
 from refiner.fidelity import FidelityThresholds, default_segmenter, label_fidelity, mean_fidelity
 from refiner.nets import GeneratorConfig
 from refiner.train import FidelityWarning, RefinerConfig, StepInfo, TrainResult, select_checkpoint, train
 from simulator.config import load_config
-from simulator.dataset import write_dataset
+from simulator.io.writer import write_dataset
 
 TARGET_C2ST_DROP = 0.1
 TARGET_C2ST_LEVEL = 0.65
@@ -98,11 +98,11 @@ def test_fidelity(test_dir: Path, refined_dir: Path, segmenter, thresholds: Fide
 
 
 def shading_spread(folder: Path) -> dict:
-    """Median and quartiles over particles of how unevenly each is lit (eval.image_stats.particle_shading_spread,
-    on images scaled by their own levels as ``cli.py realism`` compares them): what the particle shading
-    branch is meant to change."""
-    from eval.image_stats import particle_shading_spread
-    from eval.realism import image_levels, scale_to_levels
+    """Median and quartiles over particles of how unevenly each is lit
+    (``eval.calibrate.image_stats.particle_shading_spread``, on images scaled by their own levels as
+    ``cli.py realism`` compares them): what the particle shading branch is meant to change."""
+    from eval.calibrate.image_stats import particle_shading_spread
+    from eval.realism.data import image_levels, scale_to_levels
 
     spreads = []
     for item in load_dataset(folder, labels=True):
@@ -117,7 +117,10 @@ def realism_scores(procedural: Path, refined: Path, real_heldout: Path, seeds: l
     """C2ST accuracy (one test per seed: the seed sets the image folds and the classifier) and distances of the
     procedural and of the refined test images against the held-out real images."""
     try:
-        from eval.realism import RealismConfig, at_pixel_size, c2st, distances, load_image_set, normalized
+        from eval.realism.c2st import c2st
+        from eval.realism.config import RealismConfig
+        from eval.realism.data import at_pixel_size, load_image_set, normalized
+        from eval.realism.report import distances
     except ImportError as err:
         print(f"realism: eval.realism not available ({err}); C2ST skipped", file=sys.stderr)
         return None
@@ -150,7 +153,9 @@ def real_vs_real(real_train: Path, real_heldout: Path, seeds: list[int], steps: 
     """Normalised C2ST of the real training images against the held-out real ones, same seeds and settings: what
     the test scores for two sets of real images of one instrument (with a few images per set, cross-fitting can
     put it below 0.5: a classifier that learns image-specific features misjudges images it has not seen)."""
-    from eval.realism import RealismConfig, c2st, load_image_set, normalized  # present: realism_scores ran
+    from eval.realism.c2st import c2st
+    from eval.realism.config import RealismConfig  # present: realism_scores ran
+    from eval.realism.data import load_image_set, normalized
 
     a, b = normalized(load_image_set(real_train)), normalized(load_image_set(real_heldout))
     runs = [c2st(a, b, RealismConfig(seed=seed, steps=steps)).accuracy for seed in seeds]
@@ -176,13 +181,13 @@ def _mean_by_content(splits: list[dict | None]) -> dict | None:
 
 def transfer_experiment(refined_train: Path, procedural_train: Path, real_labelled: Path) -> dict | None:
     """Hook for the transfer experiment: train one segmenter on refined and one on procedural images, test both
-    on labelled real images. Runs when eval.unet offers ``train_unet(dataset_dir, out_dir)``; else None."""
+    on labelled real images. Runs when eval.segment.unet offers ``train_unet(dataset_dir, out_dir)``; else None."""
     try:
-        from eval.unet import train_unet  # noqa: F401
+        from eval.segment.unet import train_unet  # noqa: F401
     except ImportError as err:
         print(f"transfer: not available yet ({err})", file=sys.stderr)
         return None
-    raise NotImplementedError("transfer experiment: wire eval.unet.train_unet here once its API is settled")
+    raise NotImplementedError("transfer experiment: wire eval.segment.unet.train_unet here once its API is settled")
 
 
 def main() -> None:

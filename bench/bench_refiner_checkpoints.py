@@ -32,7 +32,9 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from eval.realism import ImageSet, RealismConfig, c2st, load_image_set, normalized  # noqa: E402
+from eval.realism.data import ImageSet, load_image_set, normalized  # noqa: E402
+from eval.realism.config import RealismConfig
+from eval.realism.c2st import c2st
 from refiner.data import condition_channels, load_dataset  # noqa: E402
 from refiner.nets import image_noise, refine_array  # noqa: E402
 from refiner.train import load_generator, quantized  # noqa: E402

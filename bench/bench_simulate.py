@@ -26,7 +26,9 @@ cv2.setNumThreads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulator.config import load_config
-from simulator.dataset import encode_png, image_records, write_dataset
+from simulator.io.files import encode_png
+from simulator.io.records import image_records
+from simulator.io.writer import write_dataset
 from simulator.pipeline import quantize, simulate_image
 
 

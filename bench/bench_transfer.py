@@ -34,8 +34,8 @@ torch.set_num_threads(_THREADS)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from eval.evaluate import EvaluateConfig, evaluate  # noqa: E402
-from eval.models import load_model  # noqa: E402
-from eval.unet import train_unet  # noqa: E402
+from eval.segment.registry import load_model  # noqa: E402
+from eval.segment.unet import train_unet  # noqa: E402
 from refiner.apply import apply  # noqa: E402
 
 KEYS = ("AP50", "AP", "DSC", "PQ", "F1", "D50_rel_err")

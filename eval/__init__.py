@@ -1,0 +1,13 @@
+"""Evaluation against simulated and real data.
+
+    data/        real SEM files (reference: reading, info bar) and ingest into the dataset layout
+    calibrate/   image statistics -> fit simulator parameters to real images -> compare real and synthetic
+    realism/     how distinguishable two image sets are: data -> nets -> C2ST, KID -> report
+    segment/     models behind one interface (watershed, U-Net, predictions files, plug-ins), chosen by a spec
+    metrics/     matching -> COCO AP -> particle size distributions -> bootstrap over images
+    evaluate     a model on a dataset: metrics.json, per_image.csv, report.html
+    robustness/  a model over a simulated sweep: rows -> binomial bounds -> operating ranges, tables, designs
+    report/      HTML reports and their plots
+
+Import submodules by name (``from eval.metrics.coco import ...``): a bare ``import eval`` shadows the builtin.
+"""

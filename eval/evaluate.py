@@ -1,8 +1,8 @@
 """Run a segmentation model over a labelled dataset and score it against the exact labels.
 
-Data flow: dataset folder (images/, labels/, annotations.json) -> model (eval.models) per image -> predicted
-label maps -> metrics with bootstrap intervals over images (eval.bootstrap) -> metrics.json, per_image.csv,
-report.html (eval.report). Particles cut by the image border and particles hidden beyond
+Data flow: dataset folder (images/, labels/, annotations.json) -> model (eval.segment.registry) per image -> predicted
+label maps -> metrics with bootstrap intervals over images (eval.metrics.bootstrap) -> metrics.json, per_image.csv,
+report.html (eval.report.report). Particles cut by the image border and particles hidden beyond
 ``max_occluded_fraction`` are "ignore" regions (neither a miss nor a false detection), as metrology protocols do.
 """
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from eval.bootstrap import evaluate_predictions
-from eval.matching import ImageSample, MatchConfig, ignore_ids_from_annotations
-from eval.ranges import to_jsonable
-from simulator.dataset import read_png
+from eval.jsonable import to_jsonable
+from eval.metrics.bootstrap import evaluate_predictions
+from eval.metrics.matching import ImageSample, MatchConfig, ignore_ids_from_annotations
+from simulator.io.files import read_png
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,7 +113,7 @@ def run_model(model, images, on_image: Callable[[], None] | None = None) -> list
 
 
 def score(predicted: list[PredictedImage], cfg: EvaluateConfig = EvaluateConfig()) -> dict:
-    """Metrics with bootstrap intervals over images, and per-image rows (see eval.bootstrap)."""
+    """Metrics with bootstrap intervals over images, and per-image rows (see eval.metrics.bootstrap)."""
     samples = [
         ImageSample(p.labelled.true_ids, p.pred_ids, float(p.labelled.info["pixel_size_nm"]), p.scores,
                     p.labelled.ignore_ids)
@@ -135,7 +135,7 @@ def _sha256(path: Path) -> str | None:
 
 def provenance(folder: Path, model, cfg: EvaluateConfig) -> dict:
     """What an auditor needs to reproduce the numbers: inputs, hashes, versions, settings."""
-    from simulator.dataset import package_versions
+    from simulator.io.files import package_versions
 
     manifest_path = folder / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
@@ -164,7 +164,7 @@ def per_image_csv(rows: list[dict]) -> str:
 def evaluate(dataset: str | Path, model, out_dir: str | Path, cfg: EvaluateConfig = EvaluateConfig(), *,
              on_image: Callable[[], None] | None = None, report: bool = True) -> dict:
     """Run ``model`` on a dataset, write metrics.json, per_image.csv and report.html to ``out_dir``."""
-    from simulator.dataset import atomic_write_bytes
+    from simulator.io.files import atomic_write_bytes
 
     dataset, out_dir = Path(dataset), Path(out_dir)
     predicted = run_model(model, labelled_images(dataset, cfg), on_image)
@@ -177,7 +177,7 @@ def evaluate(dataset: str | Path, model, out_dir: str | Path, cfg: EvaluateConfi
     result["provenance"] = provenance(dataset, model, cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     if report:
-        from eval.report import evaluation_report
+        from eval.report.report import evaluation_report
 
         start = time.perf_counter()
         html = evaluation_report(result, predicted, cfg)

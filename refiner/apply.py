@@ -24,7 +24,7 @@ import numpy as np
 from refiner.data import condition_channels, read_coco_images
 from refiner.nets import image_noise, refine_array
 from refiner.train import load_generator, resolve_device, sha256_file
-from simulator.dataset import atomic_write_json, package_versions, read_png, write_png
+from simulator.io.files import atomic_write_json, package_versions, read_png, write_png
 
 _COPIED_FILES = ("annotations.json", "run.json")
 _COPIED_DIRS = ("labels", "records")

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 import torch
 
-from eval.image_stats import boundary_map
-from eval.realism import image_levels  # the levels eval.realism normalises by
-from simulator.dataset import read_png
+from eval.calibrate.image_stats import boundary_map
+from eval.realism.data import image_levels  # the levels eval.realism normalises by
+from simulator.io.files import read_png
 
 N_CONDITION_CHANNELS = 2  # foreground, instance boundary
 

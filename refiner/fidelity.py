@@ -9,7 +9,7 @@ Two scores, each compared between the unrefined and the refined image of the sam
   ``max_boundary_f_change`` of the unrefined one.
 - frozen-segmenter agreement: a segmenter ``seg(image (H, W) float32 [0, 1], pixel_size_nm) -> (H, W) ids``
   run on both images; the two-class (substrate/particle) mean IoU of its outputs must be >=
-  ``min_segmenter_miou``. ``default_segmenter()`` is eval.models' "watershed" model when that module exists,
+  ``min_segmenter_miou``. ``default_segmenter()`` is eval.segment's "watershed" model when that module exists,
   else ``otsu_segmenter`` (Otsu threshold of the smoothed image, connected components).
 """
 
@@ -133,9 +133,9 @@ def otsu_segmenter(image: np.ndarray, pixel_size_nm: float) -> np.ndarray:
 
 
 def default_segmenter() -> tuple[str, Segmenter]:
-    """(name, segmenter): eval.models' "watershed" model if available, else the Otsu fallback."""
+    """(name, segmenter): eval.segment's "watershed" model if available, else the Otsu fallback."""
     try:
-        from eval.models import load_model
+        from eval.segment.registry import load_model
     except ImportError:
         return "otsu (refiner.fidelity fallback)", otsu_segmenter
     model = load_model("watershed")

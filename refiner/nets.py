@@ -52,7 +52,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from eval.realism import image_levels
+from eval.realism.data import image_levels
 from refiner.data import N_CONDITION_CHANNELS
 from refiner.losses import low_pass
 

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.image_stats import radial_power_spectrum
-from eval.realism import image_levels, scale_to_levels
+from eval.calibrate.image_stats import radial_power_spectrum
+from eval.realism.data import image_levels, scale_to_levels
 from refiner.data import (
     CropBatch,
     CropSampler,
@@ -80,7 +80,7 @@ from refiner.nets import (
     image_noise,
     refine_array,
 )
-from simulator.dataset import atomic_write_bytes, atomic_write_json, encode_png
+from simulator.io.files import atomic_write_bytes, atomic_write_json, encode_png
 
 EVAL_NOISE_SEED = 12345  # noise of the held-out evaluation images: the same at every checkpoint
 _RESUMABLE = ("steps", "sample_every", "checkpoint_every")  # may change between a run and its resumption

@@ -18,10 +18,13 @@ import numpy as np
 
 from simulator.config import SimConfig
 from simulator.detector import detect, info_bar
-from simulator.geometry import Scene, build_scene
-from simulator.instrument import charge, probe_blur, scan_offsets_px
+from simulator.geometry.scene import Scene, build_scene
+from simulator.instrument.charging import charge
+from simulator.instrument.probe import probe_blur
+from simulator.instrument.scan import scan_offsets_px
 from simulator.render import RenderOut, render
-from simulator.shading import facet_normals, residue_rims, shade, substrate_texture
+from simulator.shading import facet_normals, shade
+from simulator.specimen import residue_rims, substrate_texture
 
 STAGE_STREAMS = ("geometry", "shading", "instrument", "detector", "residue")  # append only: keeps the others
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from simulator.particles import Primaries, monomial_exponents
+from simulator.geometry.particles import Primaries, monomial_exponents
 
 RIM_SAMPLES = 8  # samples along the outer shell's chord for rays that miss the inner shell
 GOLDEN_STEPS = 12  # golden-section iterations on near misses

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulator.config import SimConfig, config_from_dict  # noqa: E402
-from simulator.particles import Primaries  # noqa: E402
+from simulator.geometry.particles import Primaries  # noqa: E402
 
 
 def digest(folder: Path) -> dict[str, str]:

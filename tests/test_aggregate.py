@@ -1,4 +1,4 @@
-"""Tests for simulator.aggregate: law fit-back, necking, overlap, connectivity, determinism, inputs."""
+"""Tests for simulator.geometry.aggregate: law fit-back, necking, overlap, connectivity, determinism, inputs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
-import simulator.aggregate as aggregate_module
-from simulator.aggregate import MAX_PRIMARIES, build_aggregate, radius_of_gyration_nm
+import simulator.geometry.aggregate as aggregate_module
+from simulator.geometry.aggregate import MAX_PRIMARIES, build_aggregate, radius_of_gyration_nm
 
 GEOMETRIC_MEAN_NM = 50.0
 GEOMETRIC_STD = 1.2

@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval.realism import ImageSet, RealismConfig, balanced_accuracy_ci, c2st, distances, load_image_set, realism
-from simulator.dataset import write_png
+from eval.realism.c2st import balanced_accuracy_ci, c2st
+from eval.realism.config import RealismConfig
+from eval.realism.data import ImageSet, load_image_set
+from eval.realism.report import distances, realism
+from simulator.io.files import write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = RealismConfig(crop_px=32, steps=120, batch_size=32, test_crops_per_image=24, n_bootstrap=500, ae_steps=40,

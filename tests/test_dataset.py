@@ -11,7 +11,8 @@ import pytest
 from conftest import digest, small_config
 from pycocotools.coco import COCO
 
-from simulator.dataset import amodal_rles, visible_rles, write_dataset
+from simulator.io.records import amodal_rles, visible_rles
+from simulator.io.writer import write_dataset
 from simulator.pipeline import simulate_image
 
 

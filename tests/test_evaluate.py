@@ -12,10 +12,10 @@ import pytest
 from conftest import small_config
 
 from eval.evaluate import EvaluateConfig, evaluate
-from eval.models import load_model
-from eval.ranges import RangeCriterion
-from eval.robustness import RobustnessConfig, robustness
-from simulator.dataset import write_dataset
+from eval.robustness.rows import RangeCriterion
+from eval.robustness.run import RobustnessConfig, robustness
+from eval.segment.registry import load_model
+from simulator.io.writer import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,7 +118,8 @@ def test_robustness_recovers_a_known_failure_threshold(tmp_path):
     # The nominal level (5 nm, the default) fails, so no range is claimed around it.
     assert r["range_lo"] is None and "No operating range" in r["statement"]
     # Around a passing nominal the same rows give the tested range and the failure bracket.
-    from eval.ranges import as_rows, operating_range
+    from eval.robustness.ranges import operating_range
+    from eval.robustness.rows import as_rows
 
     rows = as_rows(line for line in _csv_rows(out / "per_image.csv"))
     rng = operating_range(rows, cfg.criterion, "probe.sigma_nm", nominal={"probe.sigma_nm": 1.0})
@@ -143,8 +144,8 @@ def _csv_rows(path: Path):
 def test_report_gallery_marks_a_missed_particle(dataset, tmp_path):
     """The worst-case crop is centred on the error: a deleted particle's contour appears in green only."""
     from eval.evaluate import labelled_images
-    from eval.matching import ImageSample, match_image
-    from eval.report import error_crop
+    from eval.metrics.matching import ImageSample, match_image
+    from eval.report.report import error_crop
 
     item = next(iter(labelled_images(dataset)))
     ids = item.true_ids

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from eval.fit import _instances, dataset_samples, fit, measure
+from eval.calibrate.fit import _instances, dataset_samples, fit, measure
 from simulator.config import config_from_dict, config_to_toml, load_config
-from simulator.dataset import write_dataset
+from simulator.io.writer import write_dataset
 
 
 def test_instance_sizes_and_border_flags():

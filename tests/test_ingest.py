@@ -10,9 +10,9 @@ import pytest
 import tifffile
 from pycocotools.coco import COCO
 
-from eval.ingest import ingest, mask_to_instances
-from eval.reference import DEFAULT_REFERENCE
-from simulator.check import check_dataset
+from eval.data.ingest import ingest, mask_to_instances
+from eval.data.reference import DEFAULT_REFERENCE
+from simulator.io.check import check_dataset
 
 
 @pytest.mark.skipif(not (DEFAULT_REFERENCE / "SEM").is_dir(), reason=f"reference images not at {DEFAULT_REFERENCE}")

@@ -14,10 +14,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
-from eval import matching
-from eval.bootstrap import METRICS, bootstrap_ci, evaluate_predictions
-from eval.coco import coco_accumulate, coco_evaluate_images, coco_metrics, rle_encode_labels, run_cocoeval
-from eval.matching import (
+from eval.metrics import matching
+from eval.metrics.bootstrap import METRICS, bootstrap_ci, evaluate_predictions
+from eval.metrics.coco import coco_accumulate, coco_evaluate_images, coco_metrics, rle_encode_labels, run_cocoeval
+from eval.metrics.matching import (
     ImageSample,
     MatchConfig,
     aggregate_matches,
@@ -27,8 +27,8 @@ from eval.matching import (
     instance_overlaps,
     match_image,
 )
-from eval.psd import lognormal_fit, psd_metrics
-from simulator.dataset import image_records
+from eval.metrics.psd import lognormal_fit, psd_metrics
+from simulator.io.records import image_records
 from simulator.pipeline import simulate_image
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)

@@ -11,19 +11,12 @@ import torch
 from conftest import small_config
 from pycocotools import mask as mask_utils
 
-from eval.models import (
-    CocoPredictionsModel,
-    PluginModel,
-    Prediction,
-    WatershedConfig,
-    WatershedModel,
-    as_prediction,
-    load_model,
-    parse_options,
-    predictions_to_labels,
-    watershed_segment,
-)
-from eval.unet import (
+from eval.segment.interface import Prediction, as_prediction
+from eval.segment.options import parse_options
+from eval.segment.plugin import PluginModel
+from eval.segment.predictions import CocoPredictionsModel, predictions_to_labels
+from eval.segment.registry import load_model
+from eval.segment.unet import (
     UNet,
     UNetConfig,
     build_unet,
@@ -33,7 +26,8 @@ from eval.unet import (
     read_checkpoint,
     train_unet,
 )
-from simulator.dataset import write_dataset
+from eval.segment.watershed import WatershedConfig, WatershedModel, watershed_segment
+from simulator.io.writer import write_dataset
 
 TINY = UNetConfig(base_channels=4, depth=2, max_channels=16, head_channels=4)
 
@@ -341,7 +335,7 @@ def test_unet_training_lowers_the_loss(tiny_dataset, tmp_path):
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(tiny_dataset, tmp_path):
-    from eval.fit import dataset_samples
+    from eval.calibrate.fit import dataset_samples
 
     _train(tiny_dataset, tmp_path / "m.pt", 4)
     image, _, px = next(iter(dataset_samples(tiny_dataset)))

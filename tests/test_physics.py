@@ -11,7 +11,9 @@ from scipy.special import erf
 
 from simulator.config import ChargingConfig, DetectorConfig, ProbeConfig, ScanConfig, ShadingConfig
 from simulator.detector import detect, dose_electrons
-from simulator.instrument import charge, probe_blur, scan_offsets_px
+from simulator.instrument.charging import charge
+from simulator.instrument.probe import probe_blur
+from simulator.instrument.scan import scan_offsets_px
 from simulator.pipeline import simulate_image
 from simulator.preview import instance_boundaries
 from simulator.render import RenderOut, render
@@ -238,7 +240,7 @@ def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detect
     import cv2
     from scipy import ndimage
 
-    from simulator.shading import residue_rims
+    from simulator.specimen import residue_rims
 
     shape, px = (384, 384), 7.344
     islands_cfg = {"residue_size_nm": 150.0, "residue_width_nm": 7.0, "residue_coverage": 0.3,  # rims >= 1 px
@@ -268,7 +270,7 @@ def test_residue_rims_are_thin_closed_curves_with_relief_towards_the_side_detect
 def test_irregular_residue_islands_are_lobed_and_their_coverage_and_strength_vary_from_image_to_image():
     import cv2
 
-    from simulator.shading import residue_rims
+    from simulator.specimen import residue_rims
 
     shape, px = (320, 320), 7.344
     base = {"residue_size_nm": 180.0, "residue_width_nm": 7.0, "residue_coverage": 0.08, "et_fraction": 0.0}
@@ -310,7 +312,7 @@ def test_irregular_residue_islands_are_lobed_and_their_coverage_and_strength_var
 
 
 def test_density_spread_varies_the_crowding_from_image_to_image_around_the_configured_median():
-    from simulator.geometry import build_scene
+    from simulator.geometry.scene import build_scene
 
     def counts(spread: float) -> np.ndarray:
         cfg = small_config(field={"density_spread": spread})

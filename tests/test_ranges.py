@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 from scipy.stats import qmc
 
-from eval.plots import (
+from eval.jsonable import to_jsonable
+from eval.report.plots import (
     curves_figure,
     data_uri,
     marginal_pass_figure,
@@ -20,30 +21,11 @@ from eval.plots import (
     psd_figure,
     sensitivity_figure,
 )
-from eval.ranges import (
-    RangeCriterion,
-    ResultRow,
-    as_rows,
-    binned_metric_curves,
-    clopper_pearson,
-    design_indices,
-    factor_unit,
-    given_data_indices,
-    images_needed,
-    marginal_passes,
-    mean_interval,
-    metric_curves,
-    morris_design,
-    operating_range,
-    operating_ranges,
-    pass_count,
-    pass_map,
-    pass_maps,
-    robustness_table,
-    saltelli_design,
-    to_jsonable,
-    with_metric,
-)
+from eval.robustness.binomial import clopper_pearson, images_needed, mean_interval, pass_count
+from eval.robustness.designs import design_indices, given_data_indices, morris_design, saltelli_design
+from eval.robustness.ranges import marginal_passes, operating_range, operating_ranges, pass_map, pass_maps
+from eval.robustness.rows import RangeCriterion, ResultRow, as_rows, factor_unit, with_metric
+from eval.robustness.tables import binned_metric_curves, metric_curves, robustness_table
 
 BLUR = "probe.sigma_nm"
 DOSE = "detector.probe_current_pA"

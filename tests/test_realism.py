@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from eval.compare import compare, criteria_met, markdown_table, simulate
-from eval.image_stats import edge_width_nm, image_statistics, noise_std, particle_shading_spread
-from eval.reference import DEFAULT_REFERENCE, info_bar_start, load_reference
+from eval.calibrate.compare import compare, criteria_met, markdown_table, simulate
+from eval.calibrate.image_stats import edge_width_nm, image_statistics, noise_std, particle_shading_spread
+from eval.data.reference import DEFAULT_REFERENCE, info_bar_start, load_reference
 from simulator.config import SimConfig
 
 needs_reference = pytest.mark.skipif(

@@ -36,8 +36,8 @@ from refiner.nets import (
     refine_array,
 )
 from refiner.train import FidelityWarning, RefinerConfig, load_generator, select_checkpoint, train
-from simulator.check import check_dataset
-from simulator.dataset import write_dataset
+from simulator.io.check import check_dataset
+from simulator.io.writer import write_dataset
 
 torch.set_num_threads(1)
 
@@ -104,7 +104,7 @@ def test_shapes_dtypes_and_identity_at_start(data):
 
 
 def test_discriminator_view_matches_the_realism_normalisation_and_ignores_the_drawn_levels():
-    from eval.realism import ImageSet, image_levels, normalized
+    from eval.realism.data import ImageSet, image_levels, normalized
     from refiner.train import refined_view
 
     gen, _ = build_networks(GeneratorConfig(texture=False), DiscriminatorConfig(), seed=0)

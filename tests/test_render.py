@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simulator.config import PrimaryConfig
-from simulator.geometry import build_scene, build_single_aggregate
-from simulator.particles import implicit_surface, lowest_point_offset_nm, sample_primaries
+from simulator.geometry.particles import implicit_surface, lowest_point_offset_nm, sample_primaries
+from simulator.geometry.scene import build_scene, build_single_aggregate
 from simulator.render import render
 
 PX = 7.344

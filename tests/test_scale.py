@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from conftest import digest, small_config
 
-from simulator.check import check_dataset
 from simulator.config import ConfigError
-from simulator.dataset import write_dataset
+from simulator.io.check import check_dataset
+from simulator.io.writer import write_dataset
 from simulator.sweep import expand, load_run_config, parse_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

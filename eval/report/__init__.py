@@ -1,0 +1,1 @@
+"""HTML reports (``report``) and their figures (``plots``)."""
