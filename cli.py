@@ -124,14 +124,14 @@ def fit(
     from eval.calibrate.fit import fit as run_fit
     from simulator.config import ConfigError, SimConfig, config_to_toml, load_config
     from simulator.io.files import atomic_write_bytes
+    from simulator.io.reader import read_dataset
 
     try:
         base_cfg = load_config(base) if base else SimConfig()
         real_stats = measure(dataset_samples(real))
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    records = sorted((real / "records").glob("*.json"))
-    pixel_sizes = [json.loads(p.read_text())["image"]["pixel_size_nm"] for p in records]
+    pixel_sizes = [pixel_nm for pixel_nm in read_dataset(real, labels=False).pixel_sizes_nm() if pixel_nm is not None]
     typer.echo(f"real: {real_stats.n_images} labelled images, median ECD {real_stats.median_ecd_nm:.1f} nm, "
                f"coverage {real_stats.image['coverage']:.3f}")
 
@@ -155,13 +155,14 @@ def fit(
     typer.echo(f"config: {out}\nreport: {out.with_suffix('.md')}, {out.with_name(out.stem + '_ecd.png')}")
 
 
+_REFERENCE_HELP = "Real images (SEM/<id>.tif + masks/<id>_m.tif); default ../shared/data/bam-tio2-sem."
+
+
 @app.command()
 def preview(
     config: Path = typer.Argument(..., help="TOML config to preview, e.g. configs/default.toml."),
     out: Path = typer.Option(..., "--out", help="Contact sheet PNG to write."),
-    reference: Path = typer.Option(
-        None, "--reference", help="Real images (SEM/<id>.tif + masks/<id>_m.tif); default ../shared/data/bam-tio2-sem."
-    ),
+    reference: Path = typer.Option(None, "--reference", help=_REFERENCE_HELP),
     n: int = typer.Option(3, "--n", min=1, help="Rows of the sheet (synthetic and real side by side)."),
     n_stats: int = typer.Option(8, "--n-stats", min=1, help="Synthetic images measured for the statistics table."),
     seed: int = typer.Option(0, "--seed", min=0),
@@ -230,14 +231,15 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", min=0, help="Bootstrap seed."),
 ) -> None:
     """Run a segmentation model on a labelled dataset; metrics with 95 % intervals (bootstrap over images)."""
-    from eval.evaluate import EvaluateConfig, read_coco
+    from eval.evaluate import EvaluateConfig
     from eval.evaluate import evaluate as run_evaluate
+    from simulator.io.reader import read_dataset
 
     cfg = EvaluateConfig(max_occluded_fraction=max_occluded_fraction, n_resamples=resamples, seed=seed,
                          limit=limit)
     seg = _load_model(model)
     try:
-        n_images = sum(1 for im in read_coco(dataset)["images"] if im.get("label_file"))
+        n_images = len(read_dataset(dataset, labels=False).labelled())
         bar, tick = _progress("segment", min(n_images, limit or n_images))
         with bar:
             result = run_evaluate(dataset, seg, out, cfg, on_image=tick)

@@ -102,7 +102,7 @@ def shading_spread(folder: Path) -> dict:
     (``eval.calibrate.image_stats.particle_shading_spread``, on images scaled by their own levels as
     ``cli.py realism`` compares them): what the particle shading branch is meant to change."""
     from eval.calibrate.image_stats import particle_shading_spread
-    from eval.realism.data import image_levels, scale_to_levels
+    from eval.data.pixels import image_levels, scale_to_levels
 
     spreads = []
     for item in load_dataset(folder, labels=True):

@@ -41,7 +41,7 @@ from refiner.train import load_generator, quantized  # noqa: E402
 
 
 def refined_set(generator, images, name: str, pixel_size_nm: float) -> ImageSet:
-    """Normalised ImageSet of ``images`` (DatasetImage with labels) refined by ``generator`` (None = as they are),
+    """Normalised ImageSet of ``images`` (ImageRecord with labels) refined by ``generator`` (None = as they are),
     quantised as `refine apply` writes them, with their particle masks."""
     out = []
     for index, item in enumerate(images):

@@ -27,7 +27,7 @@ sys.path.insert(0, {root!r})
 import cv2
 cv2.setNumThreads(1)
 from simulator.config import config_from_dict
-from simulator.dataset import write_dataset
+from simulator.io.writer import write_dataset
 cfg = config_from_dict(json.loads({cfg!r}))
 t0 = time.perf_counter()
 write_dataset({out!r}, cfg, n_images={n}, seed=0, workers={workers})

@@ -26,10 +26,10 @@ cv2.setNumThreads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simulator.config import load_config
-from simulator.io.files import encode_png
+from simulator.io.files import encode_png, quantize
 from simulator.io.records import image_records
 from simulator.io.writer import write_dataset
-from simulator.pipeline import quantize, simulate_image
+from simulator.pipeline import simulate_image
 
 
 def stage_split(cfg, n: int) -> dict[str, float]:

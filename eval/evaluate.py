@@ -17,13 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from eval.jsonable import to_jsonable
 from eval.metrics.bootstrap import evaluate_predictions
-from eval.metrics.matching import ImageSample, MatchConfig, ignore_ids_from_annotations
-from simulator.io.files import read_png
+from eval.metrics.matching import ImageSample, MatchConfig
+from simulator.io.reader import read_dataset, read_manifest
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,36 +63,14 @@ class PredictedImage:
     seconds: float  # model inference time
 
 
-def read_coco(folder: Path) -> dict:
-    path = folder / "annotations.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no annotations.json (expected a dataset written by simulate or ingest)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
 def labelled_images(folder: str | Path, cfg: EvaluateConfig = EvaluateConfig()) -> Iterator[LabelledImage]:
     """Every image of a dataset that has a label map, with its ignore ids."""
     folder = Path(folder)
-    coco = read_coco(folder)
-    by_image: dict[int, list[dict]] = {}
-    for ann in coco["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    images = [im for im in coco["images"] if im.get("label_file")]
-    if not images:
+    dataset = read_dataset(folder).labelled()
+    if not len(dataset):
         raise ValueError(f"{folder}: no image has a label map (labels/); evaluation needs the true instances")
-    for info in images[: cfg.limit]:
-        path = folder / "images" / info["file_name"]
-        pixels, _ = read_png(path)
-        labels = cv2.imread(str(folder / info["label_file"]), cv2.IMREAD_UNCHANGED)
-        if labels is None or labels.shape[1] != pixels.shape[1]:
-            raise ValueError(f"{folder / info['label_file']}: missing or its width differs from {path}")
-        image = pixels[: labels.shape[0]]  # rows below the labels: info bar
-        anns = by_image.get(info["id"], [])
-        ignore = ignore_ids_from_annotations(anns, max_occluded_fraction=cfg.max_occluded_fraction)
-        yield LabelledImage(info, image, labels.astype(np.int32), ignore)
+    for record in dataset[: cfg.limit]:
+        yield LabelledImage(record.info, record.image, record.labels, record.ignore_ids(cfg.max_occluded_fraction))
 
 
 def run_model(model, images, on_image: Callable[[], None] | None = None) -> list[PredictedImage]:
@@ -137,8 +114,7 @@ def provenance(folder: Path, model, cfg: EvaluateConfig) -> dict:
     """What an auditor needs to reproduce the numbers: inputs, hashes, versions, settings."""
     from simulator.io.files import package_versions
 
-    manifest_path = folder / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    manifest = read_manifest(folder) or {}
     return {
         "dataset": str(folder.resolve()),
         "dataset_generator": manifest.get("generator"),

@@ -12,19 +12,18 @@ not depend on the order or the device.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from refiner.data import condition_channels, read_coco_images
+from eval.training import resolve_device
+from refiner.data import condition_channels
 from refiner.nets import image_noise, refine_array
-from refiner.train import load_generator, resolve_device, sha256_file
-from simulator.io.files import atomic_write_json, package_versions, read_png, write_png
+from refiner.train import load_generator, sha256_file
+from simulator.io.files import atomic_write_json, package_versions, quantize, write_png
+from simulator.io.reader import read_dataset, read_manifest
 
 _COPIED_FILES = ("annotations.json", "run.json")
 _COPIED_DIRS = ("labels", "records")
@@ -86,10 +85,13 @@ def apply(
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed!r}")
     dev = resolve_device(device)
-    records = read_coco_images(input_dir)
+    dataset = read_dataset(input_dir, labels=False)
+    if not len(dataset):
+        raise ValueError(f"{input_dir / 'annotations.json'}: no images listed")
     gen, meta = load_generator(ckpt, dev)
+    dataset = dataclasses.replace(dataset, labels=gen.cfg.condition)
     if gen.cfg.condition:
-        missing = [r["file_name"] for r in records if not r.get("label_file")]
+        missing = [r["file_name"] for r in dataset.infos if not r.get("label_file")]
         if missing:
             raise ValueError(f"{input_dir}: images {missing[:3]} have no label map, but this refiner is "
                              "conditioned on labels (simulate with output.label_maps = true)")
@@ -103,27 +105,18 @@ def apply(
             if src.is_file() and not src.name.endswith(".tmp"):
                 _atomic_copy(src, out_dir / sub / src.name)
 
-    for index, rec in enumerate(records):
-        image, bits = read_png(input_dir / "images" / rec["file_name"])
-        cond = None
-        if gen.cfg.condition:
-            labels = cv2.imread(str(input_dir / rec["label_file"]), cv2.IMREAD_UNCHANGED)
-            if labels is None or labels.shape != image.shape:
-                raise ValueError(f"{input_dir / rec['label_file']}: missing or not the size of its image "
-                                 f"{image.shape}")
-            cond = condition_channels(labels.astype(np.int32))
+    for index, record in enumerate(dataset):
+        image = record.image
+        cond = condition_channels(record.labels) if gen.cfg.condition else None
         refined = refine_array(gen, image, cond, image_noise(image.shape, seed, index), device=dev)
-        top = (1 << bits) - 1
-        pixels = np.rint(np.clip(refined, 0, 1) * top).astype(np.uint8 if bits == 8 else np.uint16)
-        target = out_dir / "images" / rec["file_name"]
+        pixels = quantize(refined, record.bit_depth)
+        target = out_dir / "images" / record.file_name
         target.parent.mkdir(parents=True, exist_ok=True)
         write_png(target, pixels)
         if on_image is not None:
-            on_image(rec["file_name"])
+            on_image(record.file_name)
 
-    source_manifest = None
-    if (input_dir / "manifest.json").exists():
-        source_manifest = json.loads((input_dir / "manifest.json").read_text())
+    source_manifest = read_manifest(input_dir)
     manifest = {
         "generator": "semsynth refine apply",
         "format_version": (source_manifest or {}).get("format_version", 1),
@@ -139,7 +132,7 @@ def apply(
         "noise_seed": seed,
         "source": str(input_dir.resolve()),
         "source_manifest": source_manifest,
-        "n_images": len(records),
+        "n_images": len(dataset),
         "counts": (source_manifest or {}).get("counts"),
         "packages": {**package_versions(), "torch": _torch_version()},
     }

@@ -1,6 +1,6 @@
 """Datasets in, random unpaired crops out.
 
-    dataset folder (images/*.png, labels/*.png, annotations.json) -> DatasetImage (float32 [0, 1], ids, px)
+    dataset folder (images/*.png, labels/*.png, annotations.json) -> ImageRecord (float32 [0, 1], ids, pixel size)
         -> conditioning channels (foreground, instance boundaries) -> CropSampler -> CropBatch (torch)
 
 Real data is any folder in the semsynth layout (``cli.py ingest`` writes one); its labels are never used.
@@ -11,87 +11,41 @@ state is saved in checkpoints, so a resumed run draws the same crops as an unint
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from eval.calibrate.image_stats import boundary_map
-from eval.realism.data import image_levels  # the levels eval.realism normalises by
-from simulator.io.files import read_png
+from eval.data.pixels import image_levels  # the levels eval.realism normalises by
+from simulator.io.reader import ImageRecord, read_dataset
 
 N_CONDITION_CHANNELS = 2  # foreground, instance boundary
 
 
-@dataclass(frozen=True, slots=True)
-class DatasetImage:
-    """One image of a dataset folder."""
-
-    file_name: str  # relative to DIR/images/
-    image: np.ndarray  # (H, W) float32 in [0, 1] (stored value / full scale)
-    labels: np.ndarray | None  # (H, W) int32 instance ids, 0 = background; None when not loaded / absent
-    pixel_size_nm: float
-    bit_depth: int  # 8 or 16, as stored
-
-
-def read_coco_images(folder: str | Path) -> list[dict]:
-    """The ``images`` records of DIR/annotations.json, with a clear error when the folder is not a dataset."""
-    folder = Path(folder)
-    path = folder / "annotations.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no annotations.json (expected a semsynth dataset folder: "
-                                "images/ + annotations.json, e.g. written by `cli.py simulate` or `cli.py ingest`)")
-    images = json.loads(path.read_text()).get("images")
-    if not isinstance(images, list) or not images:
-        raise ValueError(f"{path}: no images listed")
-    return images
-
-
 def load_dataset(folder: str | Path, *, labels: bool, limit: int | None = None,
-                 skip: int = 0) -> list[DatasetImage]:
+                 skip: int = 0) -> list[ImageRecord]:
     """Images ``skip .. skip + limit`` of a dataset folder (annotation order); with ``labels=True`` every image
     must have a label map of its size."""
     folder = Path(folder)
-    records = read_coco_images(folder)[skip:]
-    if limit is not None:
-        records = records[:limit]
-    out = []
-    for rec in records:
-        image, bits = read_png(folder / "images" / rec["file_name"])
-        ids = None
-        if labels:
-            if not rec.get("label_file"):
-                raise ValueError(f"{folder}: image {rec['file_name']!r} has no label map (label_file is null); "
-                                 "the refiner is conditioned on labels: simulate with output.label_maps = true")
-            raw = cv2.imread(str(folder / rec["label_file"]), cv2.IMREAD_UNCHANGED)
-            if raw is None:
-                raise FileNotFoundError(f"{folder / rec['label_file']}: missing or unreadable label map")
-            if raw.shape != image.shape:
-                raise ValueError(f"{folder / rec['label_file']}: label map {raw.shape} != image {image.shape}")
-            ids = raw.astype(np.int32)
-        px = rec.get("pixel_size_nm")
-        if px is None or not px > 0:
-            raise ValueError(f"{folder}: image {rec['file_name']!r} has pixel_size_nm {px!r}, expected > 0")
-        out.append(DatasetImage(rec["file_name"], image, ids, float(px), bits))
-    return out
+    dataset = read_dataset(folder, labels=labels)
+    if not len(dataset):
+        raise ValueError(f"{folder / 'annotations.json'}: no images listed")
+    dataset = dataset[skip:] if limit is None else dataset[skip : skip + limit]
+    for info in (dataset.infos[i] for i in dataset.indices):
+        if labels and not info.get("label_file"):
+            raise ValueError(f"{folder}: image {info['file_name']!r} has no label map (label_file is null); "
+                             "the refiner is conditioned on labels: simulate with output.label_maps = true")
+        pixel_nm = info.get("pixel_size_nm")
+        if pixel_nm is None or not pixel_nm > 0:
+            raise ValueError(f"{folder}: image {info['file_name']!r} has pixel_size_nm {pixel_nm!r}, expected > 0")
+    return list(dataset)
 
 
 def condition_channels(labels: np.ndarray) -> np.ndarray:
     """(2, H, W) float32 conditioning from a label map: foreground (id > 0) and instance boundaries."""
     return np.stack([labels > 0, boundary_map(labels)]).astype(np.float32)
-
-
-def resample_to(image: np.ndarray, from_nm: float, to_nm: float) -> np.ndarray:
-    """Rescale an image from one pixel size to another (area interpolation when shrinking)."""
-    if abs(from_nm / to_nm - 1) < 1e-3:
-        return image
-    scale = from_nm / to_nm
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.resize(image, size, interpolation=interp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +64,7 @@ class CropSampler:
     Every random choice comes from ``generator``; save ``generator.get_state()`` to resume the same sequence.
     """
 
-    def __init__(self, synthetic: list[DatasetImage], real: list[DatasetImage], crop_px: int, *,
+    def __init__(self, synthetic: list[ImageRecord], real: list[ImageRecord], crop_px: int, *,
                  condition: bool, generator: torch.Generator):
         if not synthetic or not real:
             raise ValueError(f"need synthetic and real images, got {len(synthetic)} and {len(real)}")

@@ -45,6 +45,7 @@ Discriminator: a PatchGAN: one full-resolution 3x3 convolution (so pixel noise i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import kornia
 import numpy as np
@@ -52,7 +53,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from eval.realism.data import image_levels
+from eval.data.pixels import image_levels
+from eval.training import seeded_init
 from refiner.data import N_CONDITION_CHANNELS
 from refiner.losses import low_pass
 
@@ -86,7 +88,8 @@ class GeneratorConfig:
     # short ramp leaves the rim's own brightness as a band with a sharp inner edge (a ring) in a flattened particle
     detail_max: float = 0.0  # bound of the log factor on fine detail (T(x) - L, pixel noise and fine texture) of
     # particle interiors and substrate away from boundaries: factors in [exp(-d), exp(d)]; 0 = off
-    levels: str = "real"  # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
+    # per-image black/white levels: "real" (drawn from the real images), "learned", "none"
+    levels: Literal["real", "learned", "none"] = "real"
     max_log_gain_std: float = 0.5  # bounds of the learned spreads (levels = "learned")
     max_offset_std: float = 0.1
 
@@ -165,7 +168,8 @@ class GeneratorConfig:
 class DiscriminatorConfig:
     full_res_width: int = 8  # a 3x3 convolution at full resolution first (pixel noise, edge profiles); 0 = none
     channels: tuple[int, ...] = (16, 32, 64, 64)  # one strided 4x4 conv each
-    norm: str = "batch"  # "batch" (BatchNorm after every strided conv), "spectral" (spectral norm), "none"
+    # "batch" (BatchNorm after every strided conv), "spectral" (spectral norm), "none"
+    norm: Literal["batch", "spectral", "none"] = "batch"
     input_gain: float = 4.0  # the input is (x - 0.5) * input_gain: SEM substrate detail is a few % of full scale
 
     def __post_init__(self):
@@ -495,8 +499,7 @@ class Discriminator(nn.Module):
 
 def build_networks(g_cfg: GeneratorConfig, d_cfg: DiscriminatorConfig, seed: int) -> tuple[Generator, Discriminator]:
     """Both networks with weights drawn from ``seed`` (the global torch RNG is left as it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         return Generator(g_cfg), Discriminator(d_cfg)
 
 

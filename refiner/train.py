@@ -27,26 +27,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from eval.calibrate.image_stats import radial_power_spectrum
-from eval.realism.data import image_levels, scale_to_levels
+from eval.data.pixels import image_levels, resample, scale_to_levels
+from eval.training import check_resume, load_checkpoint, resolve_device, save_checkpoint, torch_streams
 from refiner.data import (
     CropBatch,
     CropSampler,
-    DatasetImage,
     condition_channels,
     load_dataset,
-    resample_to,
 )
 from refiner.fidelity import (
     FidelityResult,
@@ -80,7 +79,8 @@ from refiner.nets import (
     image_noise,
     refine_array,
 )
-from simulator.io.files import atomic_write_bytes, atomic_write_json, encode_png
+from simulator.io.files import atomic_write_bytes, atomic_write_json, encode_png, quantize
+from simulator.io.reader import ImageRecord
 
 EVAL_NOISE_SEED = 12345  # noise of the held-out evaluation images: the same at every checkpoint
 _RESUMABLE = ("steps", "sample_every", "checkpoint_every")  # may change between a run and its resumption
@@ -100,7 +100,8 @@ class RefinerConfig:
     augment: AugmentConfig = AugmentConfig()
     fidelity: FidelityThresholds = FidelityThresholds()
     gan_loss: str = "lsgan"
-    d_view: str = "normalised"  # the discriminator sees crops scaled by their image's levels ("raw": as stored)
+    # the discriminator sees crops scaled by their image's levels ("raw": as stored)
+    d_view: Literal["normalised", "raw"] = "normalised"
     adv_weight: float = 1.0
     content_weight: float = 20.0
     content_sigma_px: float = 2.0
@@ -171,30 +172,12 @@ class TrainResult:
     seconds_per_step: float
 
 
-def resolve_device(device: str) -> torch.device:
-    """'cpu', 'cuda' (or 'cuda:N') or 'auto' (CUDA when available)."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu" or device.startswith("cuda"):
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available (use 'cpu' or 'auto')")
-        return torch.device(device)
-    raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-
-
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over ``path``."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
@@ -251,11 +234,10 @@ def appearance_gap(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[s
 
 def quantized(image: np.ndarray, bit_depth: int) -> np.ndarray:
     """An image in [0, 1] as it would be written at ``bit_depth``, back in [0, 1]."""
-    top = (1 << bit_depth) - 1
-    return (np.rint(np.clip(image, 0, 1) * top) / top).astype(np.float32)
+    return (quantize(image, bit_depth).astype(np.float64) / ((1 << bit_depth) - 1)).astype(np.float32)
 
 
-def evaluate(generator: Generator | None, holdout: list[DatasetImage], references: list[UnrefinedReference],
+def evaluate(generator: Generator | None, holdout: list[ImageRecord], references: list[UnrefinedReference],
              real_stats: dict, segmenter: Segmenter, thresholds: FidelityThresholds, device: torch.device) -> dict:
     """Label fidelity on held-out synthetic images (``references``: their ``unrefined_reference``) and the
     appearance gap to the real images (``generator=None``: the unrefined images themselves)."""
@@ -279,7 +261,7 @@ def evaluate(generator: Generator | None, holdout: list[DatasetImage], reference
 # --------------------------------------------------------------------------------------------------- samples
 def _to_u8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-    return np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    return quantize(a, 8)
 
 
 def sample_grid(synthetic: torch.Tensor, refined: torch.Tensor, real: torch.Tensor, gap_px: int = 4) -> np.ndarray:
@@ -448,24 +430,21 @@ def train(
     if len(synthetic) <= n_hold:
         raise ValueError(f"{synthetic_dir}: {len(synthetic)} images; need more than holdout_images={n_hold}")
     train_syn, holdout = synthetic[:-n_hold], synthetic[-n_hold:]
-    px = float(np.median([d.pixel_size_nm for d in synthetic]))
-    real = [dataclasses.replace(d, image=resample_to(d.image, d.pixel_size_nm, px), pixel_size_nm=px)
+    pixel_nm = float(np.median([d.pixel_size_nm for d in synthetic]))
+    real = [dataclasses.replace(d, image=resample(d.image, d.pixel_size_nm / pixel_nm, tolerance=1e-3),
+                                info={**d.info, "pixel_size_nm": pixel_nm})
             for d in load_dataset(real_dir, labels=False)]
     real_bits = max(d.bit_depth for d in real)
-    g_sampler = torch.Generator().manual_seed(seed)
-    g_noise = torch.Generator().manual_seed(seed + 1)
-    g_augment = torch.Generator().manual_seed(seed + 2)
+    streams = torch_streams(seed, ("sampler", "noise", "augment", "grid_sampler", "grid_noise"))
+    g_sampler, g_noise, g_augment = streams["sampler"], streams["noise"], streams["augment"]
     sampler = CropSampler(train_syn, real, crop_px, condition=config.generator.condition, generator=g_sampler)
 
     ckpt_path = run_dir / "checkpoint.pt"
     blob = None
     if resume and ckpt_path.exists():
-        blob = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        before = {k: v for k, v in json.loads(json.dumps(blob["config"])).items() if k not in _RESUMABLE}
-        now = {k: v for k, v in json.loads(json.dumps(run_cfg)).items() if k not in _RESUMABLE}
-        if before != now:
-            diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise ValueError(f"{run_dir}: resume with the settings of the interrupted run (differing: {diff})")
+        blob = load_checkpoint(ckpt_path, weights_only=False)
+        before, now = json.loads(json.dumps(blob["config"])), json.loads(json.dumps(run_cfg))
+        check_resume(before, now, sorted((set(before) | set(now)) - set(_RESUMABLE)), where=str(run_dir))
         if blob["step"] > steps:
             raise ValueError(f"{run_dir}: the checkpoint is at step {blob['step']}, past steps={steps}")
     elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
@@ -492,9 +471,9 @@ def train(
 
     # Fixed sample crops for the grids, from their own stream (not the training one).
     grid_sampler = CropSampler(train_syn, real, crop_px, condition=config.generator.condition,
-                               generator=torch.Generator().manual_seed(seed + 3))
+                               generator=streams["grid_sampler"])
     grid = grid_sampler.sample(config.n_samples)
-    grid_noise = RefinerNoise.draw(tuple(grid.synthetic.shape), torch.Generator().manual_seed(seed + 4))
+    grid_noise = RefinerNoise.draw(tuple(grid.synthetic.shape), streams["grid_noise"])
 
     start = 0
     evaluations: list[dict] = []
@@ -525,19 +504,19 @@ def train(
                 f"(needs >= {config.fidelity.min_segmenter_miou})", FidelityWarning, stacklevel=3)
         meta = {"step": step, "config": run_cfg, "fidelity": record["fidelity"], "appearance": record["appearance"]}
         snapshot = run_dir / "generators" / f"step_{step:06d}.pt"
-        atomic_torch_save({**meta, "generator": gen.state_dict()}, snapshot)
+        save_checkpoint(snapshot, {**meta, "generator": gen.state_dict()})
         best_before = _select(evaluations, config.select)
         evaluations.append({**record, "selected": False})
         best = _select(evaluations, config.select)
         if best is not None and best is not best_before:
-            atomic_torch_save({**meta, "generator": gen.state_dict()}, run_dir / "generator.pt")
+            save_checkpoint(run_dir / "generator.pt", {**meta, "generator": gen.state_dict()})
         for e in evaluations:
             e["selected"] = e is best
-        atomic_torch_save({
+        save_checkpoint(ckpt_path, {
             "step": step, "config": run_cfg, "generator": gen.state_dict(), "discriminator": disc.state_dict(),
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "rng": [g.get_state() for g in (g_sampler, g_noise, g_augment)], "evaluations": evaluations,
-        }, ckpt_path)
+        })
         _write_evaluations(run_dir / "fidelity.jsonl", evaluations)
         return evaluations[-1]
 

@@ -22,6 +22,7 @@ from simulator.geometry.scene import Scene, build_scene
 from simulator.instrument.charging import charge
 from simulator.instrument.probe import probe_blur
 from simulator.instrument.scan import scan_offsets_px
+from simulator.io.files import quantize
 from simulator.render import RenderOut, render
 from simulator.shading import facet_normals, shade
 from simulator.specimen import residue_rims, substrate_texture
@@ -52,23 +53,23 @@ def simulate_image(cfg: SimConfig, seed: int, index: int, timings: dict[str, flo
     """All stages for one image. If ``timings`` is given, each stage's wall time (s) is added to it."""
     clock = _StageClock(timings)
     rngs = stage_rngs(seed, index)
-    px = cfg.image.pixel_size_nm
+    pixel_nm = cfg.image.pixel_size_nm
     shape = (cfg.image.height_px, cfg.image.width_px)
     scene = clock("geometry", build_scene, cfg.image, cfg.primary, cfg.aggregate, cfg.field, rngs["geometry"])
-    offsets = clock("scan distortion", scan_offsets_px, shape, px, cfg.scan, rngs["instrument"])
-    buffers = clock("render", render, scene.primaries, cfg.image.width_px, cfg.image.height_px, px, offsets)
+    offsets = clock("scan distortion", scan_offsets_px, shape, pixel_nm, cfg.scan, rngs["instrument"])
+    buffers = clock("render", render, scene.primaries, cfg.image.width_px, cfg.image.height_px, pixel_nm, offsets)
     texture = None
     if cfg.shading.substrate_texture > 0:
-        texture = clock("substrate texture", substrate_texture, shape, px, cfg.shading, rngs["shading"])
+        texture = clock("substrate texture", substrate_texture, shape, pixel_nm, cfg.shading, rngs["shading"])
     rims = None
     if cfg.shading.residue_rims > 0:
-        rims = clock("substrate residue", residue_rims, shape, px, cfg.shading, rngs["residue"])
+        rims = clock("substrate residue", residue_rims, shape, pixel_nm, cfg.shading, rngs["residue"])
     normal = clock(
         "facets", facet_normals, buffers, cfg.shading.facets, cfg.shading.facet_count, rngs["shading"]
     )
-    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, px, texture, normal, rims)
-    signal = clock("charging", charge, ideal, buffers, scene, cfg.charging, px)
-    signal = clock("probe blur", probe_blur, signal, cfg.probe, px)
+    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, pixel_nm, texture, normal, rims)
+    signal = clock("charging", charge, ideal, buffers, scene, cfg.charging, pixel_nm)
+    signal = clock("probe blur", probe_blur, signal, cfg.probe, pixel_nm)
     image = clock("detector noise", detect, signal, cfg.detector, cfg.scan.dwell_time_us, rngs["detector"])
     if cfg.detector.info_bar:
         image, buffers = _with_info_bar(image, buffers, cfg)
@@ -110,13 +111,6 @@ def _with_info_bar(image: np.ndarray, buffers: RenderOut, cfg: SimConfig) -> tup
     )
     padded.normal[-rows:, :, 2] = 1.0
     return np.vstack([image, bar]), padded
-
-
-def quantize(image: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Output level -> uint8 or uint16: saturation at 0 and full scale, rounding to the nearest level."""
-    top = (1 << bit_depth) - 1
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.rint(np.clip(image, 0.0, 1.0) * top).astype(dtype)
 
 
 def as_written(sim: SimImage, cfg: SimConfig) -> np.ndarray:

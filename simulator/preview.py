@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -43,21 +42,16 @@ def contact_sheet(tiles: list[np.ndarray], columns: int = 2, gap_px: int = 6) ->
 
 
 def dataset_preview(dataset: Path, max_images: int = 2) -> np.ndarray:
-    """Contact sheet (BGR uint8) of the first images of a dataset with their visible-instance contours (reads
-    only the first images' records, so it costs the same for any dataset size)."""
-    from simulator.io.writer import record_path
+    """Contact sheet (BGR uint8) of the first images of a dataset with their visible-instance contours."""
+    from simulator.io.files import quantize
+    from simulator.io.reader import read_dataset
 
     tiles = []
-    for index in range(max_images):
-        path = record_path(dataset, index)
-        if not path.exists():
-            break
-        image = json.loads(path.read_text())["image"]
-        pixels = cv2.imread(str(dataset / "images" / image["file_name"]), cv2.IMREAD_UNCHANGED)
+    for record in read_dataset(dataset)[:max_images]:
+        pixels = quantize(record.image, record.bit_depth)
         if pixels.dtype == np.uint16:
             pixels = (pixels >> 8).astype(np.uint8)
         tiles.append(cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR))
-        if image.get("label_file"):
-            labels = cv2.imread(str(dataset / image["label_file"]), cv2.IMREAD_UNCHANGED)
-            tiles.append(overlay(pixels, labels.astype(np.int32)))
+        if record.labels is not None:
+            tiles.append(overlay(pixels, record.labels))
     return contact_sheet(tiles, columns=2)

@@ -23,12 +23,11 @@ from eval.metrics.matching import (
     aggregate_matches,
     ecd_px,
     feret_diameters_px,
-    ignore_ids_from_annotations,
     instance_overlaps,
     match_image,
 )
 from eval.metrics.psd import lognormal_fit, psd_metrics
-from simulator.io.records import image_records
+from simulator.io.records import ignore_ids_from_annotations, image_records
 from simulator.pipeline import simulate_image
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)

@@ -231,7 +231,7 @@ PLUGIN = textwrap.dedent(
     """
     import numpy as np
     from scipy import ndimage
-    from eval.models import Prediction
+    from eval.segment.interface import Prediction
 
     def threshold(image, pixel_size_nm, level=0.35):
         return ndimage.label(image > level)[0]

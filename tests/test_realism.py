@@ -8,8 +8,9 @@ import pytest
 
 from eval.calibrate.compare import compare, criteria_met, markdown_table, simulate
 from eval.calibrate.image_stats import edge_width_nm, image_statistics, noise_std, particle_shading_spread
-from eval.data.reference import DEFAULT_REFERENCE, info_bar_start, load_reference
+from eval.data.reference import DEFAULT_REFERENCE, load_reference
 from simulator.config import SimConfig
+from simulator.io.reader import info_bar_start
 
 needs_reference = pytest.mark.skipif(
     not (DEFAULT_REFERENCE / "SEM").is_dir(), reason=f"reference images not found at {DEFAULT_REFERENCE}"

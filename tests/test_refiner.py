@@ -104,7 +104,8 @@ def test_shapes_dtypes_and_identity_at_start(data):
 
 
 def test_discriminator_view_matches_the_realism_normalisation_and_ignores_the_drawn_levels():
-    from eval.realism.data import ImageSet, image_levels, normalized
+    from eval.data.pixels import image_levels
+    from eval.realism.data import ImageSet, normalized
     from refiner.train import refined_view
 
     gen, _ = build_networks(GeneratorConfig(texture=False), DiscriminatorConfig(), seed=0)

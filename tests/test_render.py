@@ -57,11 +57,18 @@ def test_sphere_height_and_normals_are_exact():
     assert np.all(out.height_nm[substrate] == 0) and np.all(out.normal[substrate] == [0, 0, 1])
 
 
+def _on_a_grid(prim, *, columns: int, step_px: int, z_nm: float):
+    """The primaries centred on a grid of ``columns`` columns, ``step_px`` apart, at height ``z_nm``."""
+    n = len(prim)
+    half = step_px // 2
+    centres = np.array([[(half + step_px * (k % columns)) * PX, (half + step_px * (k // columns)) * PX, z_nm]
+                        for k in range(n)])
+    return prim.with_centres(centres, np.arange(n))
+
+
 def test_ellipsoid_projected_area_matches_its_shadow_ellipse():
     cfg = PrimaryConfig(shape="ellipsoid", diameter_gmean_nm=250, diameter_gsd=1.0, aspect_ratio_gmean=2.0)
-    prim = sample_primaries(6, cfg, np.random.default_rng(3))
-    centres = np.array([[(30 + 60 * (k % 3)) * PX, (30 + 60 * (k // 3)) * PX, 100.0] for k in range(6)])
-    prim = prim.with_centres(centres, np.arange(6))
+    prim = _on_a_grid(sample_primaries(6, cfg, np.random.default_rng(3)), columns=3, step_px=60, z_nm=100.0)
     out = render(prim, 180, 120, PX)
     inverse = np.linalg.inv(prim.shape_matrix)
     for k in range(6):
@@ -95,9 +102,8 @@ def test_depth_order_where_two_primaries_overlap():
 
 def test_irregular_bodies_hit_their_surface_and_misses_are_true_misses():
     cfg = PrimaryConfig(shape="irregular", roughness=0.15, roughness_degree=4, diameter_gmean_nm=200)
-    prim = sample_primaries(8, cfg, np.random.default_rng(7))
-    centres = np.array([[(25 + 50 * (k % 4)) * PX, (25 + 50 * (k // 4)) * PX, 150.0] for k in range(8)])
-    prim = prim.with_centres(centres, np.arange(8))
+    prim = _on_a_grid(sample_primaries(8, cfg, np.random.default_rng(7)), columns=4, step_px=50, z_nm=150.0)
+    centres = prim.centre_nm
     out = render(prim, 200, 100, PX)
     for k in range(8):
         def surface(yy, xx, t, k=k):

@@ -56,9 +56,9 @@ def compare(cfg: SimConfig, reference: list[ReferenceImage], sims: list[SimImage
         syn_spectra.append(radial_power_spectrum(image, cfg.image.pixel_size_nm))
     real_rows, real_spectra = [], []
     for ref in real:
-        px = ref.pixel_size_nm or cfg.image.pixel_size_nm
-        real_rows.append(image_statistics(ref.image, ref.foreground, px))
-        real_spectra.append(radial_power_spectrum(ref.image, px))
+        pixel_nm = ref.pixel_size_nm or cfg.image.pixel_size_nm
+        real_rows.append(image_statistics(ref.image, ref.foreground, pixel_nm))
+        real_spectra.append(radial_power_spectrum(ref.image, pixel_nm))
 
     def median(rows):
         return {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
@@ -149,16 +149,16 @@ def preview_tiles(
 ) -> list[np.ndarray]:
     """Tiles for a contact sheet: for each row, a synthetic crop and (if ``reference``) a real crop, both at
     their native pixel size (the same scale when the pixel sizes agree)."""
-    px = cfg.image.pixel_size_nm
+    pixel_nm = cfg.image.pixel_size_nm
     n = len(sims)
     picks = [reference[round(k * (len(reference) - 1) / max(n - 1, 1))] for k in range(n)] if reference else []
     tiles = []
     for i, sim in enumerate(sims):
         image = as_written(sim, cfg)
         window = busiest_crop(sim.render.instance_id[: cfg.image.height_px] > 0, *crop_px)
-        tiles.append(labelled_tile(image[window], f"synthetic #{sim.index}", px))
+        tiles.append(labelled_tile(image[window], f"synthetic #{sim.index}", pixel_nm))
         if picks:
             ref = picks[i]
             window = busiest_crop(ref.foreground if ref.foreground is not None else ref.image > 0.3, *crop_px)
-            tiles.append(labelled_tile(ref.image[window], f"real {ref.name}", ref.pixel_size_nm or px))
+            tiles.append(labelled_tile(ref.image[window], f"real {ref.name}", ref.pixel_size_nm or pixel_nm))
     return tiles

@@ -17,7 +17,6 @@ width, in quadrature).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from scipy import ndimage
 
 from eval.calibrate.image_stats import image_statistics
 from simulator.config import SimConfig
-from simulator.io.files import read_png
+from simulator.io.reader import read_dataset
 from simulator.pipeline import as_written, simulate_image
 
 _MIN_ECD_NM = 40.0  # smaller "particles" are mostly fragments of hidden ones
@@ -92,13 +91,13 @@ def _instances_per_region(labels: np.ndarray) -> np.ndarray:
 def measure(samples) -> DatasetStats:
     """Statistics over (image in [0, 1], label image, pixel size nm) samples."""
     ecd_all, clean, per_region, rows = [], [], [], []
-    for image, labels, px in samples:
-        ecd, solidity, border = _instances(labels, px)
+    for image, labels, pixel_nm in samples:
+        ecd, solidity, border = _instances(labels, pixel_nm)
         keep = ~border
         ecd_all.append(ecd[keep])
         clean.append(ecd[keep & (solidity >= _SOLIDITY) & (ecd >= _MIN_ECD_NM)])
         per_region.append(_instances_per_region(labels))
-        rows.append(image_statistics(image, labels > 0, px))
+        rows.append(image_statistics(image, labels > 0, pixel_nm))
     ecd_all, clean, per_region = (np.concatenate(x) for x in (ecd_all, clean, per_region))
     if len(ecd_all) == 0 or len(clean) < 2:
         raise ValueError("too few particles not touching the border to measure sizes")
@@ -117,14 +116,8 @@ def measure(samples) -> DatasetStats:
 
 def dataset_samples(folder: str | Path):
     """(image, labels, pixel size) of every labelled image of a dataset folder (ingested or simulated)."""
-    folder = Path(folder)
-    coco = json.loads((folder / "annotations.json").read_text())
-    for image in coco["images"]:
-        if not image.get("label_file"):
-            continue
-        pixels, _ = read_png(folder / "images" / image["file_name"])
-        labels = cv2.imread(str(folder / image["label_file"]), cv2.IMREAD_UNCHANGED).astype(np.int32)
-        yield pixels[: labels.shape[0]], labels, float(image["pixel_size_nm"])
+    for record in read_dataset(folder).labelled():
+        yield record.image, record.labels, record.pixel_size_nm
 
 
 def simulated_samples(cfg: SimConfig, n: int, seed: int):

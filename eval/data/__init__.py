@@ -1,2 +1,3 @@
-"""Real SEM data: ``reference`` reads SEM files (TIFF/PNG, masks, pixel size, info bar); ``ingest`` converts them
-into the dataset layout that ``simulate`` writes."""
+"""Real SEM data and pixels: ``reference`` reads SEM files (TIFF/PNG, masks, pixel size); ``ingest`` converts them
+into the dataset layout that ``simulate`` writes; ``pixels`` holds the one resampler and the one percentile
+normaliser. (Dataset folders are read by ``simulator.io.reader``, the info bar included.)"""

@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from eval.data.reference import info_bar_start, read_mask, read_sem_image
+from eval.data.reference import read_mask, read_sem_image
 from simulator.io.files import atomic_write_json, package_versions, write_png
+from simulator.io.reader import info_bar_start
 from simulator.io.records import CATEGORY, FORMAT_VERSION, bbox_of_slices, visible_rles
 from simulator.io.writer import merge_records, prepare_output_dir, record_path
 
@@ -104,8 +105,8 @@ def ingest(src: str | Path, out_dir: str | Path, *, pixel_size_nm: float | None 
         except Exception as err:  # tifffile and OpenCV raise many kinds; the file is reported, not fatal
             report.skipped.append((str(image_path), f"unreadable image ({err})"))
             continue
-        px = meta_px or pixel_size_nm
-        if px is None:
+        pixel_nm = meta_px or pixel_size_nm
+        if pixel_nm is None:
             report.skipped.append((str(image_path), "no pixel size in its metadata; pass --pixel-size-nm"))
             continue
         rows = info_bar_start(pixels)
@@ -137,7 +138,7 @@ def ingest(src: str | Path, out_dir: str | Path, *, pixel_size_nm: float | None 
                 "label_file": f"labels/{stem}.png" if labels is not None else None,
                 "width": int(image.shape[1]),
                 "height": int(image.shape[0]),
-                "pixel_size_nm": float(px),
+                "pixel_size_nm": float(pixel_nm),
                 "pixel_size_source": "metadata" if meta_px else "--pixel-size-nm",
                 "source": str(image_path),
                 "mask_source": None if mask_path is None else str(mask_path),

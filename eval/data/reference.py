@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from simulator.io.reader import info_bar_start
+
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bam-tio2-sem"
 _UNITS_NM = {"nm": 1.0, "um": 1e3, "µm": 1e3, "pm": 1e-3, "fm": 1e-6, "m": 1e9}
 
@@ -23,19 +25,6 @@ class ReferenceImage:
     image: np.ndarray  # (H, W) float32 in [0, 1], info bar removed
     foreground: np.ndarray | None  # (H, W) bool manual mask, or None
     pixel_size_nm: float | None
-
-
-def info_bar_start(image: np.ndarray, min_zero_fraction: float = 0.5) -> int:
-    """First row of the instrument info bar at the bottom (rows mostly exact black), or the height if none.
-
-    Only the bottom quarter is searched: an SEM image row is almost never half exact zeros.
-    """
-    zero_fraction = (image == 0).mean(axis=1)
-    start = image.shape[0]
-    for row in range(image.shape[0] - 1, int(image.shape[0] * 0.75), -1):
-        if zero_fraction[row] >= min_zero_fraction:
-            start = row
-    return start
 
 
 def zeiss_pixel_size_nm(tif: tifffile.TiffFile) -> float | None:

@@ -35,7 +35,7 @@ Dataset level (``aggregate_matches``) sums counts over images (PQ = sum IoU of T
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -112,23 +112,6 @@ def as_sample(sample) -> ImageSample:
             f"got {type(sample).__name__}"
         ) from None
     return ImageSample(true_ids, pred_ids, pixel_size_nm, scores, frozenset(ignore_ids or ()))
-
-
-def ignore_ids_from_annotations(
-    annotations: Iterable[Mapping], *, max_occluded_fraction: float = 0.5
-) -> frozenset[int]:
-    """Instance ids of a semsynth image's annotations to ignore: cut by the border or mostly hidden.
-
-    ``annotations``: the image's COCO records (``instance_id``, ``touches_border``, ``occluded_fraction``).
-    A particle is ignored when it touches the border or its occluded fraction exceeds ``max_occluded_fraction``.
-    """
-    if not 0.0 <= max_occluded_fraction <= 1.0:
-        raise ValueError(f"max_occluded_fraction must be in [0, 1], got {max_occluded_fraction!r}")
-    return frozenset(
-        int(a["instance_id"])
-        for a in annotations
-        if a.get("touches_border", False) or float(a.get("occluded_fraction", 0.0)) > max_occluded_fraction
-    )
 
 
 def as_label_map(ids, name: str) -> np.ndarray:
@@ -417,11 +400,11 @@ def match_image(sample: ImageSample, cfg: MatchConfig = MatchConfig()) -> ImageM
     splits = int(((parts_per_true >= 2) & ~ignored_true).sum())
     merges = int(((parts_per_pred >= 2) & ~ignored_pred).sum())
 
-    px = sample.pixel_size_nm
+    pixel_nm = sample.pixel_size_nm
     t_fmin, t_fmax = feret_diameters_px(sample.true_ids, ov.true_ids[t_idx])
     p_fmin, p_fmax = feret_diameters_px(sample.pred_ids, ov.pred_ids[p_idx])
-    true_ecd = ecd_px(ov.true_area_px) * px
-    pred_ecd = ecd_px(ov.pred_area_px) * px
+    true_ecd = ecd_px(ov.true_area_px) * pixel_nm
+    pred_ecd = ecd_px(ov.pred_area_px) * pixel_nm
     return ImageMatch(
         tp=tp,
         fp=n_pred - tp,
@@ -434,16 +417,16 @@ def match_image(sample: ImageSample, cfg: MatchConfig = MatchConfig()) -> ImageM
         splits=splits,
         merges=merges,
         dice=_dice(ov, ignored_true),
-        pixel_size_nm=px,
+        pixel_size_nm=pixel_nm,
         pair_true_id=ov.true_ids[t_idx],
         pair_pred_id=ov.pred_ids[p_idx],
         pair_iou=iou,
         pair_true_ecd_nm=true_ecd[t_idx],
         pair_pred_ecd_nm=pred_ecd[p_idx],
-        pair_true_feret_min_nm=t_fmin * px,
-        pair_pred_feret_min_nm=p_fmin * px,
-        pair_true_feret_max_nm=t_fmax * px,
-        pair_pred_feret_max_nm=p_fmax * px,
+        pair_true_feret_min_nm=t_fmin * pixel_nm,
+        pair_pred_feret_min_nm=p_fmin * pixel_nm,
+        pair_true_feret_max_nm=t_fmax * pixel_nm,
+        pair_pred_feret_max_nm=p_fmax * pixel_nm,
         true_ecd_nm=true_ecd[~ignored_true],
         pred_ecd_nm=pred_ecd[~ignored_pred],
     )

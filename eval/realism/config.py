@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from eval.training import DeviceName
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -16,9 +19,10 @@ class RealismConfig:
     ae_steps: int = 200
     kid_subset_size: int = 200
     kid_subsets: int = 50
-    normalize: str = "image"  # image: each image scaled by its own 1st-99th percentiles before C2ST and KID
+    # image: each image scaled by its own 1st-99th percentiles before C2ST and KID
+    normalize: Literal["image", "none"] = "image"
     seed: int = 0
-    device: str = "cpu"
+    device: DeviceName = "cpu"
 
     def __post_init__(self):
         if self.normalize not in ("image", "none"):

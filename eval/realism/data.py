@@ -4,15 +4,15 @@ levels, normalisation by them, and crops.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from eval.data.reference import info_bar_start, read_sem_image
-from simulator.io.files import read_png
+from eval.data.pixels import normalise, resample
+from eval.data.reference import read_sem_image
+from simulator.io.reader import info_bar_start, read_dataset
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +29,6 @@ class ImageSet:
 
 
 # ----------------------------------------------------------------------------------------------- loading
-
-
-def _resample(image: np.ndarray, factor: float) -> np.ndarray:
-    if abs(factor - 1.0) < 1e-3:
-        return image
-    h, w = image.shape
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
 
 
 def _resample_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -56,22 +48,16 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder")
     images, names, sizes, masks = [], [], [], []
-    coco_path = folder / "annotations.json"
-    if coco_path.is_file():
-        coco = json.loads(coco_path.read_text())
-        labelled = all(record.get("label_file") for record in coco["images"])
-        for record in coco["images"]:
-            pixels, _ = read_png(folder / "images" / record["file_name"])
-            rows = info_bar_start(pixels)
-            images.append(pixels[:rows])
-            names.append(record["file_name"])
-            sizes.append(float(record.get("pixel_size_nm") or pixel_size_nm or np.nan))
+    if (folder / "annotations.json").is_file():
+        dataset = read_dataset(folder, labels=False)
+        labelled = all(info.get("label_file") for info in dataset.infos)
+        for record in (dataset if not labelled else read_dataset(folder)):
+            cropped = record.without_info_bar()
+            images.append(cropped.image)
+            names.append(record.file_name)
+            sizes.append(float(record.pixel_size_nm or pixel_size_nm or np.nan))
             if labelled:
-                labels = cv2.imread(str(folder / record["label_file"]), cv2.IMREAD_UNCHANGED)
-                if labels is None or labels.shape[:2] != pixels.shape:
-                    raise ValueError(f"{folder / record['label_file']}: missing, unreadable or not of the image's "
-                                     f"shape {pixels.shape}")
-                masks.append(labels[:rows] > 0)
+                masks.append(cropped.labels > 0)
     else:
         from eval.data.ingest import find_pairs
 
@@ -89,7 +75,7 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
     if missing:
         raise ValueError(f"{folder}: no pixel size for {missing[:3]} (pass --pixel-size-nm)")
     target = float(np.median(sizes))
-    images = [_resample(im, s / target) for im, s in zip(images, sizes, strict=True)]
+    images = [resample(im, s / target, upsample="cubic", tolerance=1e-3) for im, s in zip(images, sizes, strict=True)]
     foreground = None
     if masks:
         foreground = tuple(_resample_mask(m, im.shape) for m, im in zip(masks, images, strict=True))
@@ -99,7 +85,7 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
 def at_pixel_size(images: ImageSet, pixel_size_nm: float) -> ImageSet:
     """The set resampled to another pixel size."""
     factor = images.pixel_size_nm / pixel_size_nm
-    resampled = tuple(_resample(im, factor) for im in images.images)
+    resampled = tuple(resample(im, factor, upsample="cubic", tolerance=1e-3) for im in images.images)
     foreground = None
     if images.foreground is not None:
         foreground = tuple(_resample_mask(m, im.shape) for m, im in zip(images.foreground, resampled, strict=True))
@@ -135,26 +121,7 @@ def _check_size(images: list[np.ndarray], crop_px: int, set_name: str) -> None:
         raise ValueError(f"{set_name}: image(s) of shape {small[0]} smaller than crop_px = {crop_px}")
 
 
-LEVEL_PERCENTILES = (1.0, 99.0)  # an image's black and white levels: these intensity percentiles
-
-
-def image_levels(image: np.ndarray) -> tuple[float, float]:
-    """(low, high): the image's 1st and 99th intensity percentiles, its black and white level as the operator
-    set them."""
-    low, high = np.percentile(image, LEVEL_PERCENTILES)
-    return float(low), float(high)
-
-
-def scale_to_levels(image, low, span):
-    """An image (array or tensor; ``low`` and ``span`` scalars or broadcastable) scaled so that its levels
-    ``low`` and ``low + span`` map to 0.25 and 0.75."""
-    return (image - low) / span * 0.5 + 0.25
-
-
 def normalized(images: ImageSet) -> ImageSet:
     """Each image scaled so that its levels (1st and 99th intensity percentiles) map to 0.25 and 0.75."""
-    out = []
-    for im in images.images:
-        lo, hi = image_levels(im)
-        out.append(scale_to_levels(im.astype(np.float64), lo, max(hi - lo, 1e-6)).astype(np.float32))
-    return ImageSet(images.name, tuple(out), images.names, images.pixel_size_nm, images.foreground)
+    out = tuple(normalise(im) for im in images.images)
+    return ImageSet(images.name, out, images.names, images.pixel_size_nm, images.foreground)

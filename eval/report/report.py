@@ -143,8 +143,8 @@ _ROW_KEYS = ("file_name", "n_true", "n_pred", "tp", "fp", "fn", "splits", "merge
 
 
 def _match(p, cfg):
-    px = float(p.labelled.info["pixel_size_nm"])
-    return match_image(ImageSample(p.labelled.true_ids, p.pred_ids, px, p.scores, p.labelled.ignore_ids),
+    pixel_nm = float(p.labelled.info["pixel_size_nm"])
+    return match_image(ImageSample(p.labelled.true_ids, p.pred_ids, pixel_nm, p.scores, p.labelled.ignore_ids),
                        MatchConfig(iou_threshold=cfg.iou_threshold))
 
 

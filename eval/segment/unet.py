@@ -22,8 +22,6 @@ in ``tile_px``, else overlapping tiles blended with linear ramps.
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -38,13 +36,17 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from eval.data.pixels import normalise, resample
 from eval.segment.interface import Prediction, check_input, remove_small_instances
 from eval.segment.options import config_from_options
 from eval.segment.watershed import marker_watershed
+from eval.training import check_resume, load_checkpoint, resolve_device, save_checkpoint, seeded_init
+from simulator.io.reader import read_dataset, read_manifest
 
 CHECKPOINT_FORMAT = "semsynth-unet"
 CHECKPOINT_VERSION = 1
 MAP_NAMES = ("foreground", "boundary", "distance")
+UNET_PERCENTILES = (0.5, 99.8)  # per-image contrast: these intensity percentiles map to 0 and 1
 
 
 # ---------------------------------------------------------------------------------------------------- configs
@@ -139,29 +141,11 @@ def count_parameters(net: nn.Module) -> int:
 
 def build_unet(cfg: UNetConfig, seed: int) -> UNet:
     """A freshly initialised network; the global torch RNG is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_init(seed):
         return UNet(cfg)
 
 
 # ------------------------------------------------------------------------------------------- data and targets
-def normalise_image(image: np.ndarray) -> np.ndarray:
-    """Per-image contrast normalisation: the 0.5th percentile to 0, the 99.8th to 1 (float32)."""
-    lo, hi = np.percentile(image, [0.5, 99.8])
-    return ((image - lo) / max(float(hi - lo), 1e-6)).astype(np.float32)
-
-
-def rescale(array: np.ndarray, factor: float, *, labels: bool = False) -> np.ndarray:
-    """Resize by ``factor`` (new size = round(old * factor)): nearest for labels, area down, linear up."""
-    if abs(factor - 1.0) < 1e-6:
-        return array
-    h, w = array.shape[:2]
-    size = (max(int(round(w * factor)), 1), max(int(round(h * factor)), 1))
-    if labels:
-        return cv2.resize(array.astype(np.int32), size, interpolation=cv2.INTER_NEAREST)
-    return cv2.resize(array, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-
-
 def instance_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training targets of a label map: foreground (uint8), boundary (uint8: foreground pixels whose 3 x 3
     neighbourhood holds another id or background) and the distance to the instance's boundary divided by its
@@ -192,10 +176,9 @@ class TrainImage:
 
 def _dataset_description(folder: Path) -> dict:
     desc: dict[str, Any] = {"path": str(folder.resolve())}
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        desc.update({k: m.get(k) for k in ("generator", "config_hash", "seed", "n_images")})
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        desc.update({k: manifest.get(k) for k in ("generator", "config_hash", "seed", "n_images")})
     return desc
 
 
@@ -203,26 +186,23 @@ def load_training_images(dataset_dirs: Sequence[Path], pixel_size_nm: float | No
                          crop_px: int) -> tuple[list[TrainImage], list[dict]]:
     """Every labelled image of the datasets, normalised, rescaled to ``pixel_size_nm`` (None: as is) and
     reflect-padded to at least ``crop_px``, with its targets; plus a description of each dataset."""
-    from eval.calibrate.fit import dataset_samples
-
     images, described = [], []
     for folder in map(Path, dataset_dirs):
-        if not (folder / "annotations.json").is_file():
-            raise FileNotFoundError(f"{folder}: not a dataset folder (no annotations.json); expected the semsynth "
-                                    "layout (images/, labels/, annotations.json)")
+        dataset = read_dataset(folder).labelled()
         desc = _dataset_description(folder)
         sizes = []
-        for k, (image, labels, px) in enumerate(dataset_samples(folder)):
-            factor = 1.0 if pixel_size_nm is None else px / pixel_size_nm
-            norm = rescale(normalise_image(image), factor)
-            lab = rescale(labels, factor, labels=True)
+        for k, record in enumerate(dataset):
+            image, labels, pixel_nm = record.image, record.labels, record.pixel_size_nm
+            factor = 1.0 if pixel_size_nm is None else pixel_nm / pixel_size_nm
+            norm = resample(normalise(image, percentiles=UNET_PERCENTILES, to=(0.0, 1.0)), factor)
+            lab = resample(labels, factor, labels=True)
             pad = [(0, max(crop_px - s, 0)) for s in norm.shape]
             if any(p[1] for p in pad):
                 norm, lab = np.pad(norm, pad, mode="reflect"), np.pad(lab, pad, mode="reflect")
             fg, boundary, dist = instance_targets(lab)
             images.append(TrainImage(norm, np.stack([fg, boundary, dist]).astype(np.float16),
                                      np.flatnonzero(fg).astype(np.int64), f"{folder}#{k}"))
-            sizes.append(px)
+            sizes.append(pixel_nm)
         if not sizes:
             raise ValueError(f"{folder}: no image with a label map (labels/*.png) to train on")
         desc["images_used"] = len(sizes)
@@ -232,13 +212,8 @@ def load_training_images(dataset_dirs: Sequence[Path], pixel_size_nm: float | No
 
 
 def dataset_pixel_sizes(dataset_dirs: Sequence[Path]) -> list[float]:
-    sizes = []
-    for folder in map(Path, dataset_dirs):
-        path = folder / "annotations.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{folder}: not a dataset folder (no annotations.json)")
-        sizes += [float(im["pixel_size_nm"]) for im in json.loads(path.read_text())["images"] if im.get("label_file")]
-    return sizes
+    """Pixel sizes of every labelled image of the datasets."""
+    return [size for folder in dataset_dirs for size in read_dataset(folder, labels=False).labelled().pixel_sizes_nm()]
 
 
 def sample_batch(images: Sequence[TrainImage], rng: np.random.Generator, batch_size: int, crop_px: int,
@@ -298,34 +273,11 @@ def learning_rate(step: int, steps: int, lr: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return torch.device(device)
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a checkpoint is whole or absent."""
-    from simulator.io.files import atomic_write_bytes
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def read_checkpoint(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"U-Net checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a damaged file
-        raise ValueError(f"{path} is not a readable U-Net checkpoint ({type(err).__name__}: {err})") from None
+    state = load_checkpoint(path, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a semsynth U-Net checkpoint (format {CHECKPOINT_FORMAT!r})")
     if state.get("version") != CHECKPOINT_VERSION:
@@ -447,11 +399,7 @@ def train_unet(
             "batch_size": batch_size, "lr": lr, "seed": seed, "val_fraction": val_fraction,
             "pixel_size_nm": target_px, "weight_decay": weight_decay, "checkpoint_every": checkpoint_every}
     if previous is not None:
-        old = previous["train_args"]
-        differ = [k for k in ("datasets", *_RESUME_KEYS) if old.get(k) != args[k]]
-        if differ:
-            raise ValueError(f"cannot resume {out_path}: " + ", ".join(
-                f"{k} was {old.get(k)!r}, now {args[k]!r}" for k in differ))
+        check_resume(previous["train_args"], args, ("datasets", *_RESUME_KEYS), where=str(out_path))
 
     images, datasets = load_training_images(dirs, target_px, crop_px)
     train_idx, val_idx = _split(len(images), val_fraction, seed)
@@ -617,7 +565,7 @@ class UNetModel:
         """(3, H, W) foreground, boundary and distance probabilities at the image's own resolution."""
         check_input(image, pixel_size_nm)
         factor = 1.0 if self.pixel_size_nm is None else pixel_size_nm / self.pixel_size_nm
-        x = rescale(normalise_image(image), factor)
+        x = resample(normalise(image, percentiles=UNET_PERCENTILES, to=(0.0, 1.0)), factor)
         maps = forward_image(self.net, x, self.device, tile_px=self.tile_px, overlap_px=self.overlap_px)
         if abs(factor - 1.0) >= 1e-6:
             h, w = image.shape

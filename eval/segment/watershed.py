@@ -114,21 +114,21 @@ def distance_markers(distance_nm: np.ndarray, mask: np.ndarray, pixel_size_nm: f
 def watershed_segment(image: np.ndarray, pixel_size_nm: float, cfg: WatershedConfig) -> np.ndarray:
     """Instance label map (H, W) int32 of bright particles on a dark substrate."""
     check_input(image, pixel_size_nm)
-    px = float(pixel_size_nm)
+    pixel_nm = float(pixel_size_nm)
     smooth = image.astype(np.float32)
     if cfg.smoothing_nm > 0:
-        smooth = cv2.GaussianBlur(smooth, (0, 0), cfg.smoothing_nm / px, borderType=cv2.BORDER_REFLECT)
+        smooth = cv2.GaussianBlur(smooth, (0, 0), cfg.smoothing_nm / pixel_nm, borderType=cv2.BORDER_REFLECT)
     mask = smooth > foreground_threshold(smooth, cfg)
     if cfg.opening_nm > 0:
-        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk(cfg.opening_nm / px).astype(np.uint8))
+        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, disk(cfg.opening_nm / pixel_nm).astype(np.uint8))
         mask = mask.astype(bool)
     if cfg.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
-    distance_nm = ndimage.distance_transform_edt(mask) * px
-    markers = distance_markers(distance_nm, mask, px, min_separation_nm=cfg.min_separation_nm,
+    distance_nm = ndimage.distance_transform_edt(mask) * pixel_nm
+    markers = distance_markers(distance_nm, mask, pixel_nm, min_separation_nm=cfg.min_separation_nm,
                                min_prominence_nm=cfg.min_prominence_nm)
     ids = marker_watershed(-distance_nm, markers, mask)
-    return remove_small_instances(ids, cfg.min_area_nm2 / px**2)
+    return remove_small_instances(ids, cfg.min_area_nm2 / pixel_nm**2)
 
 
 class WatershedModel:

@@ -12,8 +12,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from simulator.pipeline import SimImage, quantize, simulate_image  # noqa: F401  (SimImage re-exported)
-
 _PACKAGES = ("semsynth", "numpy", "scipy", "opencv-python-headless", "pycocotools")
 
 
@@ -45,6 +43,15 @@ def atomic_write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
     """JSON written atomically; ``compact`` drops the indentation (3x faster for large annotation files)."""
     text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=1)
     atomic_write_bytes(path, (text + "\n").encode())
+
+
+def quantize(image: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Output level -> uint8 or uint16: saturation at 0 and full scale, rounding to the nearest level.
+
+    The one quantizer: ``read_png`` is its inverse (stored value / full scale)."""
+    top = (1 << bit_depth) - 1
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    return np.rint(np.clip(image, 0.0, 1.0) * top).astype(dtype)
 
 
 def read_png(path: Path) -> tuple[np.ndarray, int]:

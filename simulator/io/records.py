@@ -4,13 +4,18 @@ annotation records of one simulated image.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pycocotools.mask as mask_utils
 from scipy import ndimage
 
 from simulator.config import SimConfig, config_to_dict
-from simulator.pipeline import SimImage, quantize, simulate_image  # noqa: F401  (SimImage re-exported)
-from simulator.render import RenderOut
+
+if TYPE_CHECKING:  # annotations only: reading a dataset needs no renderer
+    from simulator.pipeline import SimImage
+    from simulator.render import RenderOut
 
 CATEGORY = {"id": 1, "name": "particle", "supercategory": "particle"}
 FORMAT_VERSION = 1
@@ -138,3 +143,20 @@ def image_records(sim: SimImage, cfg: SimConfig, file_stem: str) -> tuple[dict, 
         "sim_params": config_to_dict(cfg),
     }
     return image, annotations
+
+
+def ignore_ids_from_annotations(
+    annotations: Iterable[Mapping], *, max_occluded_fraction: float = 0.5
+) -> frozenset[int]:
+    """Instance ids of a semsynth image's annotations to ignore: cut by the border or mostly hidden.
+
+    ``annotations``: the image's COCO records (``instance_id``, ``touches_border``, ``occluded_fraction``).
+    A particle is ignored when it touches the border or its occluded fraction exceeds ``max_occluded_fraction``.
+    """
+    if not 0.0 <= max_occluded_fraction <= 1.0:
+        raise ValueError(f"max_occluded_fraction must be in [0, 1], got {max_occluded_fraction!r}")
+    return frozenset(
+        int(a["instance_id"])
+        for a in annotations
+        if a.get("touches_border", False) or float(a.get("occluded_fraction", 0.0)) > max_occluded_fraction
+    )

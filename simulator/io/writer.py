@@ -30,9 +30,9 @@ import cv2
 import numpy as np
 
 from simulator.config import SimConfig, config_hash, config_to_dict
-from simulator.io.files import _FILE_MODE, atomic_write_json, package_versions, write_png
+from simulator.io.files import _FILE_MODE, atomic_write_json, package_versions, quantize, write_png
 from simulator.io.records import CATEGORY, FORMAT_VERSION, image_records
-from simulator.pipeline import SimImage, quantize, simulate_image  # noqa: F401  (SimImage re-exported)
+from simulator.pipeline import simulate_image
 from simulator.sweep import SweepSpec, expand
 
 
