@@ -47,6 +47,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_c2st_same_process_near_chance_degraded_copy_separable():
     real = textures(12, seed=0)
     same = as_set("same", textures(12, seed=1))
@@ -86,6 +87,7 @@ def discs(n: int, seed: int, textured: bool, size: int = 96) -> tuple[list[np.nd
     return images, masks
 
 
+@pytest.mark.slow
 def test_c2st_by_crop_content_finds_where_the_sets_differ():
     # The sets differ inside the particles only: crops of bare substrate are a coin toss, crops holding particle
     # pixels are told apart; the overall score sits between them. Without masks there is no split.
@@ -107,6 +109,7 @@ def test_c2st_by_crop_content_finds_where_the_sets_differ():
     assert unlabelled.by_content is None and unlabelled.accuracy == result.accuracy
 
 
+@pytest.mark.slow
 def test_kid_and_distances_rank_a_degraded_copy_above_the_same_process():
     a = as_set("real", textures(10, seed=0))
     same = as_set("same", textures(10, seed=1))
@@ -130,6 +133,7 @@ def test_balanced_accuracy_interval_resamples_images():
     assert low <= 0.7 and high == 1.0
 
 
+@pytest.mark.slow
 def test_cli_realism_on_dataset_folders_and_bad_input(tmp_path):
     for name, seed in (("a", 0), ("b", 1)):  # labelled datasets: label maps give the particle masks
         folder = tmp_path / name / "images"

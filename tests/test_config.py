@@ -60,6 +60,7 @@ def test_default_toml_is_the_documented_defaults():
             assert f"`{section.name}.{key.name}`" in docs, f"{section.name}.{key.name} is not documented"
 
 
+@pytest.mark.slow
 def test_cli_reports_config_errors_and_refuses_non_empty_output(tmp_path):
     runner = CliRunner()
     bad = tmp_path / "bad.toml"

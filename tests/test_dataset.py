@@ -76,6 +76,7 @@ def test_amodal_rle_matches_dense_masks(small_cfg):
         assert rles[k - 1]["counts"] == expected
 
 
+@pytest.mark.slow
 def test_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path, small_cfg):
     a = write_dataset(tmp_path / "a", small_cfg, n_images=3, seed=7, workers=1)
     write_dataset(tmp_path / "b", small_cfg, n_images=3, seed=7, workers=2)

@@ -102,6 +102,7 @@ def test_bad_model_spec_and_unlabelled_dataset_give_clear_errors(tmp_path):
         evaluate(tmp_path, load_model("watershed"), tmp_path / "o")
 
 
+@pytest.mark.slow
 def test_robustness_recovers_a_known_failure_threshold(tmp_path):
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(SWEEP)
@@ -164,6 +165,7 @@ def test_report_gallery_marks_a_missed_particle(dataset, tmp_path):
     assert ((perfect[..., 1] == 200) & (perfect[..., 0] == 0) & (perfect[..., 2] == 0)).sum() == 0
 
 
+@pytest.mark.slow
 def test_robustness_on_a_space_filling_design_gives_maps_and_sensitivities(tmp_path):
     sweep = tmp_path / "lhs.toml"
     sweep.write_text(SWEEP.replace('mode = "oat"', 'mode = "lhs"\nn_points = 30').replace("images_per_point = 5",

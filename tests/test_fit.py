@@ -21,6 +21,7 @@ def test_instance_sizes_and_border_flags():
     assert solidity[0] > 0.9 and border.tolist() == [False, True]
 
 
+@pytest.mark.slow
 def test_fit_recovers_the_median_diameter_of_a_synthetic_dataset(tmp_path):
     truth = small_config(image={"width_px": 512, "height_px": 384},
                          primary={"diameter_gmean_nm": 130.0}, field={"primaries_per_um2": 5.0},

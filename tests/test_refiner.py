@@ -369,6 +369,7 @@ def test_otsu_segmenter_finds_the_particles():
 
 
 # ------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_training_learns_the_real_appearance(data, trained):
     run, result = trained
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -510,6 +511,7 @@ def test_apply_keeps_labels_and_annotations_byte_identical(data, trained, tmp_pa
         apply(run, src, tmp_path / "x", checkpoint=run / "nope.pt")
 
 
+@pytest.mark.slow
 def test_cli_refine_train_then_apply(data, tmp_path):
     """The commands a user runs: a short training run, then apply; annotations and labels unchanged."""
     import os

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import small_config, spheres
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -187,6 +188,7 @@ def test_scene_invariants_visible_disjoint_union_amodal_contains_visible(small_c
     assert np.array_equal(amodal_union, out.instance_id > 0)
 
 
+@pytest.mark.slow
 def test_faceted_bodies_are_cut_ellipsoids_rendered_exactly():
     """Cut ellipsoids, turned after sampling as aggregates turn them: hits on the surface, misses true misses,
     normals of the face that bounds the top, flat faces actually visible, volume and lowest point exact."""

@@ -109,6 +109,7 @@ images_per_point = 2
     assert check_dataset(tmp_path / "ds") == []
 
 
+@pytest.mark.slow
 def test_workers_and_dask_give_identical_files(tmp_path):
     distributed = pytest.importorskip("distributed")
     cfg = small_config()
@@ -120,6 +121,7 @@ def test_workers_and_dask_give_identical_files(tmp_path):
     assert one == digest(tmp_path / "two") == digest(tmp_path / "dask")
 
 
+@pytest.mark.slow
 def test_killed_run_resumed_equals_uninterrupted_run(tmp_path):
     cfg_path = tmp_path / "tiny.toml"
     cfg_path.write_text(TINY)
