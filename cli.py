@@ -94,13 +94,16 @@ def ingest(
         None, "--pixel-size-nm", min=1e-6, help="Pixel size for images whose metadata has none."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing dataset in --out."),
+    classes: Path = typer.Option(None, "--classes", help="Folder of class masks <id>_cm.tif (RGB: green = fully "
+                                 "visible, red = fragment, blue = under others); default: SRC/classes if present."),
 ) -> None:
-    """Convert real SEM images (TIFF/PNG, optional masks) into the dataset layout of simulate."""
+    """Convert real SEM images (TIFF/PNG, optional masks and class masks) into the dataset layout of simulate."""
     from eval.data.ingest import ingest as run_ingest
+    from simulator.classes import ClassMaskError
 
     try:
-        report = run_ingest(src, out, pixel_size_nm=pixel_size_nm, overwrite=overwrite)
-    except (FileNotFoundError, FileExistsError) as err:
+        report = run_ingest(src, out, pixel_size_nm=pixel_size_nm, overwrite=overwrite, classes=classes)
+    except (FileNotFoundError, FileExistsError, ClassMaskError) as err:
         _fail(str(err))
     for name, reason in report.skipped:
         typer.secho(f"skipped {name}: {reason}", fg=typer.colors.YELLOW, err=True)

@@ -21,13 +21,16 @@ import numpy as np
 
 from eval.jsonable import to_jsonable
 from eval.metrics.bootstrap import evaluate_predictions
-from eval.metrics.matching import ImageSample, MatchConfig
+from eval.metrics.matching import ImageSample, MatchConfig, aggregate_matches, match_image
+from simulator.classes import CLASSES
 from simulator.io.reader import read_dataset, read_manifest
+from simulator.io.records import counted_ignore_ids
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvaluateConfig:
-    max_occluded_fraction: float = 0.5  # true particles hidden beyond this are ignore regions
+    measured_class: str | None = "full"  # the particle class that counts (others: ignore regions); None: all
+    max_occluded_fraction: float = 0.5  # without classes: true particles hidden beyond this are ignore regions
     iou_threshold: float = 0.5
     n_resamples: int = 200  # bootstrap resamples over images
     confidence: float = 0.95
@@ -43,6 +46,8 @@ class EvaluateConfig:
             raise ValueError(f"n_resamples must be >= 1, got {self.n_resamples!r}")
         if not 0.5 <= self.confidence < 1.0:
             raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence!r}")
+        if self.measured_class not in (None, *CLASSES):
+            raise ValueError(f"measured_class must be one of {list(CLASSES)} or None, got {self.measured_class!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit!r}")
 
@@ -53,6 +58,7 @@ class LabelledImage:
     image: np.ndarray  # (H, W) float32 in [0, 1]
     true_ids: np.ndarray  # (H, W) int32
     ignore_ids: frozenset[int]
+    annotations: tuple[dict, ...] = ()  # the image's COCO annotations (particle classes, occlusion, border)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -70,7 +76,8 @@ def labelled_images(folder: str | Path, cfg: EvaluateConfig = EvaluateConfig()) 
     if not len(dataset):
         raise ValueError(f"{folder}: no image has a label map (labels/); evaluation needs the true instances")
     for record in dataset[: cfg.limit]:
-        yield LabelledImage(record.info, record.image, record.labels, record.ignore_ids(cfg.max_occluded_fraction))
+        yield LabelledImage(record.info, record.image, record.labels,
+                            record.ignore_ids(cfg.max_occluded_fraction, cfg.measured_class), record.annotations)
 
 
 def run_model(model, images, on_image: Callable[[], None] | None = None) -> list[PredictedImage]:
@@ -98,12 +105,36 @@ def score(predicted: list[PredictedImage], cfg: EvaluateConfig = EvaluateConfig(
     ]
     result = evaluate_predictions(samples, match_config=MatchConfig(iou_threshold=cfg.iou_threshold),
                                   n_resamples=cfg.n_resamples, confidence=cfg.confidence, seed=cfg.seed)
+    by_class = metrics_by_class(predicted, cfg)
+    if by_class:
+        result["by_class"] = by_class
     for row, p in zip(result["images"], predicted, strict=True):
         row["file_name"] = p.labelled.info["file_name"]
         row["inference_s"] = p.seconds
         if "sweep_point" in p.labelled.info:
             row["point_id"] = p.labelled.info["sweep_point"]["point_id"]
     return result
+
+
+def metrics_by_class(predicted: list[PredictedImage], cfg: EvaluateConfig = EvaluateConfig()) -> dict:
+    """Point metrics (no intervals) with each particle class counted in turn, the others ignored; empty when
+    the dataset has no classes. A prediction on a particle of another class is ignored, not a false positive."""
+    if not any("particle_class" in a for p in predicted for a in p.labelled.annotations):
+        return {}
+    out = {}
+    match_cfg = MatchConfig(iou_threshold=cfg.iou_threshold)
+    for name in CLASSES:
+        matches = [
+            match_image(ImageSample(p.labelled.true_ids, p.pred_ids, float(p.labelled.info["pixel_size_nm"]),
+                                    p.scores, counted_ignore_ids(p.labelled.annotations, measured_class=name)),
+                        match_cfg)
+            for p in predicted
+        ]
+        agg = aggregate_matches(matches)
+        n_true = sum(m.n_true for m in matches)
+        out[name] = {"n_counted": int(n_true),
+                     **{k: agg[k] for k in ("F1", "precision", "recall", "split_rate", "merge_rate", "ECD_bias_nm")}}
+    return out
 
 
 def _sha256(path: Path) -> str | None:

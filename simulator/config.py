@@ -298,6 +298,21 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClassesConfig:
+    """Particle classes from geometry (simulator/classes.py): thresholds fitted to BAM's annotators."""
+
+    section: ClassVar[str] = "classes"
+    full_max_occluded: float = 0.2
+    fragment_min_occluded: float = 0.6
+    fragment_max_area_nm2: float = 8000.0
+
+    def __post_init__(self) -> None:
+        _check_range("classes.full_max_occluded", self.full_max_occluded, 0.0, 1.0)
+        _check_range("classes.fragment_min_occluded", self.fragment_min_occluded, self.full_max_occluded, 1.0)
+        _check_range("classes.fragment_max_area_nm2", self.fragment_max_area_nm2, 0.0, 1e7)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class OutputConfig:
     """What the dataset writer stores besides images and annotations."""
 
@@ -318,6 +333,7 @@ class SimConfig:
     scan: ScanConfig = dataclasses.field(default_factory=ScanConfig)
     charging: ChargingConfig = dataclasses.field(default_factory=ChargingConfig)
     detector: DetectorConfig = dataclasses.field(default_factory=DetectorConfig)
+    classes: ClassesConfig = dataclasses.field(default_factory=ClassesConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from eval.data.reference import read_mask, read_sem_image
+from simulator.classes import BAM_COLOURS, ClassMaskError, class_map_from_rgb, class_name, classes_from_mask
 from simulator.io.files import atomic_write_json, package_versions, write_png
 from simulator.io.reader import info_bar_start
 from simulator.io.records import CATEGORY, FORMAT_VERSION, bbox_of_slices, visible_rles
@@ -63,6 +64,27 @@ def find_pairs(src: Path) -> list[tuple[Path, Path | None]]:
     return pairs
 
 
+def find_class_mask(image_path: Path, class_dirs: list[Path]) -> Path | None:
+    """The class mask of an image: ``<dir>/<id>_cm.*`` (BAM's naming) or ``<dir>/<id>.*`` in a class folder."""
+    for d in class_dirs:
+        for stem in (f"{image_path.stem}_cm", image_path.stem):
+            for path in sorted(d.glob(f"{stem}.*")):
+                if path.suffix.lower() in IMAGE_SUFFIXES and path != image_path:
+                    return path
+    return None
+
+
+def read_class_map(path: Path, colours: dict[str, tuple[int, int, int]] = BAM_COLOURS) -> np.ndarray:
+    """(H, W) class codes of an RGB class mask; a ClassMaskError names what is wrong."""
+    try:
+        rgb = read_mask(path)
+    except Exception as err:  # tifffile and OpenCV raise many kinds
+        raise ClassMaskError(f"unreadable class mask ({err})") from None
+    if path.suffix.lower() not in (".tif", ".tiff") and rgb.ndim == 3:
+        rgb = rgb[..., 2::-1]  # OpenCV reads BGR
+    return class_map_from_rgb(rgb, colours)
+
+
 def _annotations(labels: np.ndarray) -> list[dict]:
     n = int(labels.max())
     if n == 0:
@@ -87,9 +109,17 @@ def _annotations(labels: np.ndarray) -> list[dict]:
 
 
 def ingest(src: str | Path, out_dir: str | Path, *, pixel_size_nm: float | None = None,
-           overwrite: bool = False) -> IngestReport:
-    """Convert a folder of real SEM images (and masks) into a dataset; returns what was written and skipped."""
+           overwrite: bool = False, classes: str | Path | None = None) -> IngestReport:
+    """Convert a folder of real SEM images (and masks) into a dataset; returns what was written and skipped.
+
+    classes: folder of class masks (``<id>_cm.*``, RGB, BAM's colours: green = fully visible, red = fragment,
+    blue = under others); without it ``SRC/classes/`` is used when present. Each instance then records its
+    ``particle_class`` (majority vote of its pixels; null where the class mask paints none of them).
+    """
     src, out_dir = Path(src), Path(out_dir)
+    class_dirs = [Path(classes)] if classes is not None else [d for d in (src / "classes",) if d.is_dir()]
+    if classes is not None and not class_dirs[0].is_dir():
+        raise FileNotFoundError(f"{classes}: class mask folder not found (expected a folder of <id>_cm.tif files)")
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: not a folder")
     pairs = find_pairs(src)
@@ -124,6 +154,19 @@ def ingest(src: str | Path, out_dir: str | Path, *, pixel_size_nm: float | None 
             if labels.max() == 0:
                 report.skipped.append((str(mask_path), "empty mask (no foreground pixel)"))
                 continue
+        annotations = _annotations(labels) if labels is not None else []
+        class_path = find_class_mask(image_path, class_dirs) if labels is not None and class_dirs else None
+        if class_path is not None:
+            try:
+                class_map = read_class_map(class_path)
+                if class_map.shape[1] != labels.shape[1] or class_map.shape[0] > pixels.shape[0]:
+                    raise ClassMaskError(f"class mask size {class_map.shape} does not fit the image "
+                                         f"{pixels.shape} (expected the same width and at most its height)")
+            except ClassMaskError as err:  # wrong labels are worse than none: stop, naming the file
+                raise ClassMaskError(f"{class_path}: {err}") from None
+            codes = classes_from_mask(labels, class_map)
+            for ann in annotations:
+                ann["particle_class"] = class_name(codes.get(ann["instance_id"], 0))
         image = pixels[:rows]
         stem = f"{index:06d}"
         if dtype not in (np.uint8, np.uint16):  # float or 32-bit images: rescale to 16 bit
@@ -142,12 +185,13 @@ def ingest(src: str | Path, out_dir: str | Path, *, pixel_size_nm: float | None 
                 "pixel_size_source": "metadata" if meta_px else "--pixel-size-nm",
                 "source": str(image_path),
                 "mask_source": None if mask_path is None else str(mask_path),
+                "class_source": None if class_path is None else str(class_path),
                 "info_bar_rows_removed": int(pixels.shape[0] - rows),
                 "image_index": index,
                 "coverage": float((labels > 0).mean()) if labels is not None else None,
                 "hidden_particles": [],
             },
-            "annotations": _annotations(labels) if labels is not None else [],
+            "annotations": annotations,
         }
         atomic_write_json(record_path(out_dir, index), record, compact=True)
         report.written.append(str(image_path))

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from simulator.io.files import read_png
-from simulator.io.records import ignore_ids_from_annotations
+from simulator.io.records import counted_ignore_ids
 
 
 def info_bar_start(image: np.ndarray, min_zero_fraction: float = 0.5) -> int:
@@ -78,9 +78,12 @@ class ImageRecord:
         labels = None if self.labels is None else self.labels[:rows]
         return replace(self, image=self.image[:rows], labels=labels)
 
-    def ignore_ids(self, max_occluded_fraction: float = 0.5) -> frozenset[int]:
-        """Instance ids that are ignore regions: cut by the border or hidden beyond ``max_occluded_fraction``."""
-        return ignore_ids_from_annotations(self.annotations, max_occluded_fraction=max_occluded_fraction)
+    def ignore_ids(self, max_occluded_fraction: float = 0.5, measured_class: str | None = None) -> frozenset[int]:
+        """Instance ids that are ignore regions. With ``measured_class`` and annotations that carry particle
+        classes: every particle not of that class, and border particles; otherwise particles cut by the border
+        or hidden beyond ``max_occluded_fraction`` (``records.counted_ignore_ids``)."""
+        return counted_ignore_ids(self.annotations, measured_class=measured_class,
+                                  max_occluded_fraction=max_occluded_fraction)
 
     def categories(self) -> dict[int, int]:
         """Instance id -> ``category_id`` of every annotated instance."""

@@ -11,6 +11,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from scipy import ndimage
 
+from simulator.classes import class_name, instance_classes
 from simulator.config import SimConfig, config_to_dict
 
 if TYPE_CHECKING:  # annotations only: reading a dataset needs no renderer
@@ -101,6 +102,7 @@ def image_records(sim: SimImage, cfg: SimConfig, file_stem: str) -> tuple[dict, 
         r0, r1 = np.minimum.reduceat(rows, bounds), np.maximum.reduceat(rows, bounds)
         c0, c1 = np.minimum.reduceat(cols, bounds), np.maximum.reduceat(cols, bounds)
 
+    codes = instance_classes(visible_area[present], amodal_area[present], cfg.image.pixel_size_nm, cfg.classes)
     annotations, hidden = [], []
     for j, k in enumerate(present):
         p = k - 1
@@ -123,6 +125,7 @@ def image_records(sim: SimImage, cfg: SimConfig, file_stem: str) -> tuple[dict, 
             record["segmentation"] = vis_rle[p]
             record["area"] = int(visible_area[k])
             record["bbox"] = bbox_of_slices(vis_slices[p])
+            record["particle_class"] = class_name(int(codes[j]))
             annotations.append(record)
         else:
             hidden.append(record)
@@ -159,4 +162,24 @@ def ignore_ids_from_annotations(
         int(a["instance_id"])
         for a in annotations
         if a.get("touches_border", False) or float(a.get("occluded_fraction", 0.0)) > max_occluded_fraction
+    )
+
+
+def counted_ignore_ids(annotations: Iterable[Mapping], *, measured_class: str | None = "full",
+                       max_occluded_fraction: float = 0.5) -> frozenset[int]:
+    """Instance ids to ignore when only the measured class counts.
+
+    When the annotations carry ``particle_class`` (simulated datasets; real ones ingested with class masks), a
+    particle counts when its class is ``measured_class`` and it does not touch the image border; everything
+    else (other classes, unclassified instances, border particles) is an ignore region. ``measured_class=None``,
+    or annotations without classes, fall back to ``ignore_ids_from_annotations`` (border or occluded beyond
+    ``max_occluded_fraction``).
+    """
+    annotations = list(annotations)
+    if measured_class is None or not any("particle_class" in a for a in annotations):
+        return ignore_ids_from_annotations(annotations, max_occluded_fraction=max_occluded_fraction)
+    return frozenset(
+        int(a["instance_id"])
+        for a in annotations
+        if a.get("particle_class") != measured_class or a.get("touches_border", False)
     )

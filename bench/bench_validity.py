@@ -1,0 +1,358 @@
+"""Bench validity: does a model fail on synthetic images the way it fails on real ones?
+
+The 20 reference images are split by image into 4 folds of 5 test images (fold k tests images 5k..5k+4 in
+sorted-name order and trains on the other 15). Per fold and simulator config:
+
+    1. the fold's real training and test images are ingested with their class masks (fully visible particles
+       are the measured class; the other classes and border particles are ignore regions);
+    2. the config's class thresholds are fitted to the annotators' classes of the fold's *training* images
+       (class shares and fragment size against the config's synthetic training images); the fold's synthetic
+       test images are simulated with them;
+    3. three models: a U-Net trained on the fold's real training images (one per seed), a U-Net trained on
+       the config's synthetic training images (one per seed, shared by the folds) and watershed;
+    4. every model is evaluated on the fold's real test images and on its synthetic test images (measured
+       class only); the normalised C2ST of the synthetic against the real test images (one per C2ST seed).
+
+Nothing is chosen on a fold's test images. The table gives, per config, model and metric, the mean over folds
+and seeds of the real value, the synthetic value and their difference (with its SD over folds x seeds), the
+issue's tolerance and the verdict; then whether the models rank the same, and the C2ST.
+
+    python bench/bench_validity.py --out /tmp/validity --steps 2000 --seeds 0,1 --jobs 12 --device cuda
+    python bench/bench_validity.py --out /tmp/validity --summary           # the table of a finished run
+CPU budget (2 cores): --steps 300 --seeds 0 --folds 0 --n-test 8 --n-train 24 --c2st-seeds 0 (about 30 min).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # each job is single-threaded; --jobs sets the parallelism
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+METRICS = ("AP50", "F1", "precision", "recall", "split_rate", "merge_rate", "D50_rel_err")
+TOLERANCE = {"F1": 0.05, "split_rate": 0.03, "merge_rate": 0.05, "D50_rel_err": 0.05}  # issue 20; others 0.05
+N_FOLDS, FOLD_SIZE = 4, 5
+SLUG = {"U-Net (real-trained)": "unet_real", "U-Net (synthetic-trained)": "unet_syn", "watershed": "watershed"}
+DEFAULT_REFERENCE = ROOT.parent / "shared" / "data" / "bam-tio2-sem"
+
+
+# ------------------------------------------------------------------------------------------------ data
+def fold_names(names: list[str], fold: int) -> tuple[list[str], list[str]]:
+    """(training, test) image names of fold ``fold``: test = sorted names 5k..5k+4, training = the rest."""
+    names = sorted(names)
+    test = names[fold * FOLD_SIZE:(fold + 1) * FOLD_SIZE]
+    return [n for n in names if n not in test], test
+
+
+def ingest_subset(reference: Path, names: list[str], out: Path) -> Path:
+    """Ingest the named reference images (with masks and class masks) through a folder of symlinks."""
+    from eval.data.ingest import ingest
+
+    src = out.parent / f"src_{out.name}"
+    shutil.rmtree(src, ignore_errors=True)
+    for sub, pattern in (("SEM", "{}.tif"), ("masks", "{}_m.tif"), ("classes", "{}_cm.tif")):
+        (src / sub).mkdir(parents=True)
+        for name in names:
+            target = reference / sub / pattern.format(name)
+            if target.exists():
+                (src / sub / target.name).symlink_to(target.resolve())
+    report = ingest(src, out, overwrite=True)
+    if report.skipped or len(report.written) != len(names):
+        raise SystemExit(f"{out}: ingest skipped {report.skipped}")
+    return out
+
+
+def subset_dataset(src: Path, sources: list[str], out: Path) -> Path:
+    """A dataset of the images of ``src`` (ingested) whose source file stem is in ``sources``: symlinked
+    pixels and labels, annotations filtered (ids unchanged). Used where the reference folder is not at hand."""
+    coco = json.loads((src / "annotations.json").read_text())
+    images = [im for im in coco["images"] if Path(im["source"]).stem in sources]
+    if len(images) != len(sources):
+        raise SystemExit(f"{src}: found {len(images)} of the images {sources}")
+    keep = {im["id"] for im in images}
+    shutil.rmtree(out, ignore_errors=True)
+    for sub in ("images", "labels"):
+        (out / sub).mkdir(parents=True)
+    for im in images:
+        (out / "images" / im["file_name"]).symlink_to((src / "images" / im["file_name"]).resolve())
+        (out / im["label_file"]).symlink_to((src / im["label_file"]).resolve())
+    subset = {**coco, "images": images, "annotations": [a for a in coco["annotations"] if a["image_id"] in keep]}
+    (out / "annotations.json").write_text(json.dumps(subset))
+    manifest = json.loads((src / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "n_images": len(images), "subset_of": str(src)}))
+    return out
+
+
+def class_targets(real_dir: Path, pixel_size_nm: float) -> tuple[dict[str, float], float]:
+    """Class shares among classified real particles and the median visible area of real fragments (nm^2)."""
+    coco = json.loads((real_dir / "annotations.json").read_text())
+    classes = [a.get("particle_class") for a in coco["annotations"]]
+    known = [c for c in classes if c]
+    shares = {c: known.count(c) / len(known) for c in ("full", "fragment", "under")}
+    frag = [a["area"] for a in coco["annotations"] if a.get("particle_class") == "fragment"]
+    return shares, float(np.median(frag)) * pixel_size_nm**2
+
+
+def fitted_classes(cfg, syn_train: Path, real_train: Path):
+    """``cfg`` with class thresholds fitted to the real training images' annotators (via the synthetic
+    training set's occlusion and visible areas)."""
+    from simulator.classes import fit_thresholds
+
+    px = cfg.image.pixel_size_nm
+    anns = json.loads((syn_train / "annotations.json").read_text())["annotations"]
+    occ = np.array([a["occluded_fraction"] for a in anns])
+    area = np.array([a["area"] for a in anns]) * px**2
+    shares, frag_area = class_targets(real_train, px)
+    return replace(cfg, classes=fit_thresholds(occ, area, shares, frag_area))
+
+
+def simulate(cfg, out: Path, n: int, seed: int, workers: int) -> Path:
+    from simulator.io.writer import write_dataset
+
+    if not (out / "manifest.json").exists():
+        write_dataset(out, cfg, n_images=n, seed=seed, workers=workers, overwrite=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+def run(cmd: list[str], log: Path) -> None:
+    """A CLI call in its own process (its own CUDA context), output to ``log``; raises on failure."""
+    with log.open("w") as fh:
+        done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *cmd], stdout=fh, stderr=subprocess.STDOUT,
+                              cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed (rc {done.returncode}); see {log}")
+
+
+def train_job(args: tuple) -> Path:
+    data, ckpt, steps, seed, device = args
+    if not ckpt.exists():
+        cmd = ["segment", "train", "--out", str(ckpt), "--steps", str(steps), "--seed", str(seed),
+               "--device", device, "--overwrite"]
+        for d in data:
+            cmd += ["--dataset", str(d)]
+        run(cmd, ckpt.with_suffix(".log"))
+    return ckpt
+
+
+def evaluate_job(args: tuple) -> dict:
+    dataset, spec, out = args
+    if not (out / "metrics.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        run(["evaluate", "--dataset", str(dataset), "--model", spec, "--out", str(out)],
+            out.parent / f"{out.name}.log")
+    blob = json.loads((out / "metrics.json").read_text())
+    return {k: blob["metrics"][k]["value"] for k in METRICS}
+
+
+def c2st_job(args: tuple) -> dict:
+    syn, real, seed, steps = args
+    import torch
+
+    torch.set_num_threads(1)
+    from eval.realism.c2st import c2st
+    from eval.realism.config import RealismConfig
+    from eval.realism.data import at_pixel_size, load_image_set, normalized
+
+    a = load_image_set(syn)
+    b = at_pixel_size(load_image_set(real), a.pixel_size_nm)
+    result = c2st(normalized(a), normalized(b), RealismConfig(seed=seed, steps=steps))
+    content = result.by_content or {}
+    return {"accuracy": result.accuracy,
+            "particles": (content.get("particles") or {}).get("accuracy"),
+            "substrate": (content.get("substrate") or {}).get("accuracy")}
+
+
+# ------------------------------------------------------------------------------------------------ table
+def summarise(results: dict) -> str:
+    """Markdown tables: per config and model, real / synthetic / difference (mean over folds x seeds)."""
+    lines = []
+    for config, per_model in results["metrics"].items():
+        lines += [f"\n### {config}\n", "| model | metric | real | synthetic | difference (SD) | tolerance | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        f1 = {}
+        for model, runs in per_model.items():
+            for metric in METRICS:
+                real = np.array([r["real"][metric] for r in runs], float)
+                syn = np.array([r["synthetic"][metric] for r in runs], float)
+                diff = syn - real
+                tol = TOLERANCE.get(metric, 0.05)
+                ok = abs(np.nanmean(diff)) <= tol
+                lines.append(f"| {model} | {metric} | {np.nanmean(real):.3f} | {np.nanmean(syn):.3f} | "
+                             f"{np.nanmean(diff):+.3f} ({np.nanstd(diff, ddof=1) if len(diff) > 1 else 0:.3f}) "
+                             f"| {tol:.2f} | {'agrees' if ok else 'DISAGREES'} |")
+            f1[model] = (np.nanmean([r["real"]["F1"] for r in runs]), np.nanmean([r["synthetic"]["F1"] for r in runs]))
+        rank_real = sorted(f1, key=lambda m: -f1[m][0])
+        rank_syn = sorted(f1, key=lambda m: -f1[m][1])
+        lines.append(f"\nRanking by F1: real {' > '.join(rank_real)}; synthetic {' > '.join(rank_syn)} "
+                     f"({'same' if rank_real == rank_syn else 'DIFFERENT'}).")
+        c2 = results.get("c2st", {}).get(config)
+        if c2:
+            acc = [r["accuracy"] for r in c2]
+            part = [r["particles"] for r in c2 if r["particles"] is not None]
+            sub = [r["substrate"] for r in c2 if r["substrate"] is not None]
+            lines.append(f"C2ST (normalised, fold test images vs synthetic, {len(acc)} runs): {np.mean(acc):.3f} "
+                         f"(SD {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}); particle crops "
+                         f"{np.mean(part) if part else float('nan'):.3f}; substrate crops "
+                         f"{np.mean(sub) if sub else float('nan'):.3f}.")
+    return "\n".join(lines)
+
+
+def selection(metrics: dict, train_ws: dict, configs: dict, folds: list[int]) -> dict:
+    """Per fold, each config's watershed disagreement with the fold's real *training* images (mean of
+    |synthetic - real| / tolerance over the metrics) and the config with the least: chosen without test images."""
+    out = {}
+    for k in folds:
+        scores = {}
+        for n in configs:
+            syn = metrics[n]["watershed"][k, 0]["synthetic"]
+            scores[n] = float(np.nanmean([abs(syn[m] - train_ws[k][m]) / TOLERANCE.get(m, 0.05) for m in METRICS]))
+        out[str(k)] = {"scores": scores, "chosen": min(scores, key=scores.get)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    parser.add_argument("--real-dataset", type=Path, default=None,
+                        help="the reference images already ingested with classes (instead of --reference)")
+    parser.add_argument("--config", action="append", default=None,
+                        help="NAME=TOML simulator config to validate (repeat; default: default=configs/default.toml)")
+    parser.add_argument("--folds", default="0,1,2,3")
+    parser.add_argument("--seeds", default="0,1", help="U-Net training seeds")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--n-test", type=int, default=20, help="synthetic test images per fold")
+    parser.add_argument("--n-train", type=int, default=40, help="synthetic training images per config")
+    parser.add_argument("--c2st-seeds", default="0,1,2")
+    parser.add_argument("--c2st-steps", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=2, help="parallel processes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--watershed-only", action="store_true", help="no U-Nets (a CPU-sized check)")
+    parser.add_argument("--summary", action="store_true", help="print the table of a finished run and stop")
+    args = parser.parse_args()
+    out = args.out
+    if args.summary:
+        print(summarise(json.loads((out / "validity.json").read_text())))
+        return
+    if args.real_dataset is None and not (args.reference / "classes").is_dir():
+        sys.exit(f"{args.reference}: no classes/ folder (the reference set with class masks is needed); skipped")
+    from simulator.config import load_config
+
+    configs = dict(c.split("=", 1) for c in (args.config or ["default=configs/default.toml"]))
+    folds = [int(f) for f in args.folds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    c2st_seeds = [int(s) for s in args.c2st_seeds.split(",")] if args.c2st_seeds else []
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if args.real_dataset is not None:
+        coco = json.loads((args.real_dataset / "annotations.json").read_text())
+        names = sorted(Path(im["source"]).stem for im in coco["images"])
+    else:
+        names = sorted(p.stem for p in (args.reference / "SEM").glob("*.tif"))
+    if len(names) != N_FOLDS * FOLD_SIZE:
+        sys.exit(f"{args.reference}: {len(names)} images (expected {N_FOLDS * FOLD_SIZE} for 4 folds of 5)")
+
+    # 1. data: real folds, synthetic training sets, synthetic test sets with fold-fitted class thresholds
+    real = {}
+    for k in folds:
+        train, test = fold_names(names, k)
+        for part, subset in (("train", train), ("test", test)):
+            d = out / f"real_f{k}_{part}"
+            if (d / "manifest.json").exists():
+                real[k, part] = d
+            elif args.real_dataset is not None:
+                real[k, part] = subset_dataset(args.real_dataset, subset, d)
+            else:
+                real[k, part] = ingest_subset(args.reference, subset, d)
+    syn_train, syn_test, cfgs = {}, {}, {}
+    for name, path in configs.items():
+        cfgs[name] = load_config(ROOT / path if not Path(path).is_absolute() else path)
+        syn_train[name] = simulate(cfgs[name], out / f"syn_{name}_train", args.n_train, 1, args.jobs)
+        for k in folds:
+            cfg_k = fitted_classes(cfgs[name], syn_train[name], real[k, "train"])
+            syn_test[name, k] = simulate(cfg_k, out / f"syn_{name}_f{k}_test", args.n_test, 1000 + k, args.jobs)
+    print(f"data ready in {time.perf_counter() - start:.0f} s", flush=True)
+
+    # 2. models
+    jobs = [([real[k, "train"]], out / f"unet_real_f{k}_s{s}.pt", args.steps, s, args.device)
+            for k in folds for s in seeds]
+    jobs += [([syn_train[n]], out / f"unet_syn_{n}_s{s}.pt", args.steps, s, args.device)
+             for n in configs for s in seeds]
+    if args.watershed_only:
+        jobs = []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(train_job, jobs))
+    print(f"models trained in {time.perf_counter() - start:.0f} s", flush=True)
+
+    # 3. evaluation: every model on the fold's real and synthetic test images
+    plan = []  # (config, model name, fold, seed, side, dataset, spec)
+    for n in configs:
+        for k in folds:
+            for s in [] if args.watershed_only else seeds:
+                for model, spec in (("U-Net (real-trained)", f"unet:{out / f'unet_real_f{k}_s{s}.pt'}"),
+                                    ("U-Net (synthetic-trained)", f"unet:{out / f'unet_syn_{n}_s{s}.pt'}")):
+                    for side, data in (("real", real[k, "test"]), ("synthetic", syn_test[n, k])):
+                        plan.append((n, model, k, s, side, data, spec))
+            for side, data in (("real", real[k, "test"]), ("synthetic", syn_test[n, k])):
+                plan.append((n, "watershed", k, 0, side, data, "watershed"))
+    evals = [(data, spec, out / "eval" / f"{n}_{SLUG[model]}_f{k}_s{s}_{side}")
+             for n, model, k, s, side, data, spec in plan]
+    # selection data, training images only: watershed (untrained, so unbiased there) on each fold's real
+    # training images; a config's selection score is its watershed disagreement against them
+    evals += [(real[k, "train"], "watershed", out / "eval" / f"watershed_f{k}_realtrain") for k in folds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        values = list(pool.map(evaluate_job, evals))
+    train_ws = dict(zip(folds, values[len(plan):], strict=True))
+    values = values[:len(plan)]
+    metrics: dict = {}
+    for (n, model, k, s, side, _, _), v in zip(plan, values, strict=True):
+        runs = metrics.setdefault(n, {}).setdefault(model, {})
+        runs.setdefault((k, s), {})[side] = v
+    results = {"metrics": {n: {m: [{"fold": k, "seed": s, **r} for (k, s), r in runs.items()]
+                               for m, runs in per.items()} for n, per in metrics.items()}}
+    results["selection"] = selection(metrics, train_ws, configs, folds)
+    if len(configs) > 1:  # the config chosen per fold on its training images, scored on its test images
+        chosen = {k: results["selection"][str(k)]["chosen"] for k in folds}
+        models = metrics[next(iter(configs))]
+        results["metrics"]["selected"] = {
+            m: [{"fold": k, "seed": s, "config": chosen[k], **metrics[chosen[k]][m][k, s]}
+                for (k, s) in models[m] if (k, s) in metrics[chosen[k]][m]]
+            for m in models}
+    print(f"evaluated in {time.perf_counter() - start:.0f} s", flush=True)
+    (out / "validity.json").write_text(json.dumps(results, indent=1, default=float))  # in case C2ST is cut short
+
+    # 4. realism of each config's synthetic test images against the fold's real test images
+    if c2st_seeds:
+        c2_jobs = [(syn_test[n, k], real[k, "test"], s, args.c2st_steps) for n in configs for k in folds
+                   for s in c2st_seeds]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            c2 = list(pool.map(c2st_job, c2_jobs))
+        results["c2st"] = {}
+        for (syn, _, s, _), r in zip(c2_jobs, c2, strict=True):
+            n = next(n for n in configs if syn.name.startswith(f"syn_{n}_f"))
+            results["c2st"].setdefault(n, []).append({"fold": int(syn.name.split("_f")[-1][0]), "seed": s, **r})
+    results["args"] = {k: str(v) for k, v in vars(args).items()}
+    results["wall_s"] = time.perf_counter() - start
+    (out / "validity.json").write_text(json.dumps(results, indent=1, default=float))
+    print(summarise(results))
+    print(f"\nwall time {results['wall_s']:.0f} s; written {out / 'validity.json'}")
+
+
+if __name__ == "__main__":
+    main()
