@@ -146,7 +146,7 @@ def fit(
                            pixel_size_nm=float(np.median(pixel_sizes)) if pixel_sizes else None, on_round=progress)
     # fresh images, not the ones fitted to, with the image-to-image spreads on: three times as many, since the
     # median coverage of a few images scatters by about 20 %
-    fitted_stats = measure(simulated_samples(cfg, 3 * n_sim, seed + 1))
+    fitted_stats = measure(simulated_samples(cfg, 3 * n_sim, seed + 1, measured_class=real_stats.measured_class))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, config_to_toml(cfg, header=f"fitted by `cli.py fit {real}` ({rounds} rounds)").encode())
     table = report_table(real_stats, fitted_stats)

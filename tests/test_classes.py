@@ -135,3 +135,21 @@ def test_only_the_measured_class_counts():
     assert counted_ignore_ids(anns, measured_class="under") == {1, 2, 4}
     legacy = [{k: v for k, v in a.items() if k != "particle_class"} for a in anns]  # datasets without classes
     assert counted_ignore_ids(legacy) == {2}
+
+
+def test_fit_measures_sizes_on_the_measured_class():
+    from eval.calibrate.fit import measure
+
+    labels = np.zeros((120, 160), np.int32)
+    yy, xx = np.mgrid[:120, :160]
+    labels[(yy - 40) ** 2 + (xx - 40) ** 2 < 20**2] = 1  # ECD 40 px
+    labels[(yy - 60) ** 2 + (xx - 110) ** 2 < 10**2] = 2  # ECD 20 px
+    labels[(yy - 95) ** 2 + (xx - 50) ** 2 < 12**2] = 3
+    image = (labels > 0).astype(np.float32) * 0.6 + 0.1
+    both = measure([(image, labels, 2.0, None)])
+    only_full = measure([(image, labels, 2.0, {1, 3})])
+    assert len(both.ecd_nm) == 3 and not both.measured_class
+    assert len(only_full.ecd_nm) == 2 and only_full.measured_class
+    assert 2 * 2.0 * 10 * 0.97 < both.ecd_nm.min() and only_full.ecd_nm.min() > 2 * 2.0 * 11
+    with pytest.raises(ValueError, match="all or none"):
+        measure([(image, labels, 2.0, None), (image, labels, 2.0, {1})])

@@ -338,7 +338,7 @@ def test_checkpoint_round_trip_gives_identical_predictions(tiny_dataset, tmp_pat
     from eval.calibrate.fit import dataset_samples
 
     _train(tiny_dataset, tmp_path / "m.pt", 4)
-    image, _, px = next(iter(dataset_samples(tiny_dataset)))
+    image, _, px, _ = next(iter(dataset_samples(tiny_dataset)))
     a, b = load_model(f"unet:{tmp_path / 'm.pt'}", device="cpu"), load_unet(tmp_path / "m.pt", device="cpu")
     np.testing.assert_array_equal(a.predict_maps(image, px), b.predict_maps(image, px))
     pa, pb = a(image, px), b(image, px, image_info={"id": 1})

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from eval.calibrate.image_stats import image_statistics
+from simulator.classes import CLASSES, MEASURED_CLASS, instance_classes
 from simulator.config import SimConfig
 from simulator.io.reader import read_dataset
 from simulator.pipeline import as_written, simulate_image
@@ -37,13 +38,14 @@ _GAP_CLOSING_PX = 2  # manual masks separate touching particles by a background 
 @dataclass(frozen=True, slots=True)
 class DatasetStats:
     median_ecd_nm: float
-    ecd_nm: np.ndarray  # every visible instance not touching the border
+    ecd_nm: np.ndarray  # every counted instance not touching the border (the measured class when classified)
     clean_gmean_nm: float
     clean_gsd: float
     primaries_median: float
     primaries_gsd: float
     image: dict[str, float]  # medians of eval.calibrate.image_stats.image_statistics
     n_images: int
+    measured_class: bool = False  # sizes of the measured class (fully visible particles) only
 
     def summary(self) -> dict[str, float]:
         return {
@@ -57,10 +59,10 @@ class DatasetStats:
 
 
 def _instances(labels: np.ndarray, pixel_size_nm: float):
-    """ECD (nm), solidity and border flag of every instance of a label image."""
+    """ECD (nm), solidity, border flag and id of every instance of a label image."""
     n = int(labels.max())
     if n == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0, bool)
+        return np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0, int)
     areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     slices = ndimage.find_objects(labels, max_label=n)
     height, width = labels.shape
@@ -76,7 +78,7 @@ def _instances(labels: np.ndarray, pixel_size_nm: float):
         hull_area = cv2.contourArea(hull) + 0.5 * cv2.arcLength(hull, True) + 1 if hull is not None else 1
         solidity[k] = min(areas[k] / hull_area, 1.0)
     present = areas > 0
-    return ecd[present], solidity[present], border[present]
+    return ecd[present], solidity[present], border[present], np.flatnonzero(present) + 1
 
 
 def _instances_per_region(labels: np.ndarray) -> np.ndarray:
@@ -89,11 +91,20 @@ def _instances_per_region(labels: np.ndarray) -> np.ndarray:
 
 
 def measure(samples) -> DatasetStats:
-    """Statistics over (image in [0, 1], label image, pixel size nm) samples."""
+    """Statistics over (image in [0, 1], label image, pixel size nm, measured ids or None) samples.
+
+    With measured ids (the particles of the measured class, fully visible), the size statistics use those
+    only, as evaluation counts them; without, every visible instance not touching the border.
+    """
     ecd_all, clean, per_region, rows = [], [], [], []
-    for image, labels, pixel_nm in samples:
-        ecd, solidity, border = _instances(labels, pixel_nm)
-        keep = ~border
+    by_class = None
+    for image, labels, pixel_nm, measured in samples:
+        ecd, solidity, border, ids = _instances(labels, pixel_nm)
+        if by_class is None:
+            by_class = measured is not None
+        elif by_class != (measured is not None):
+            raise ValueError("some images have particle classes and some do not (expected all or none)")
+        keep = ~border if measured is None else ~border & np.isin(ids, np.fromiter(measured, int, len(measured)))
         ecd_all.append(ecd[keep])
         clean.append(ecd[keep & (solidity >= _SOLIDITY) & (ecd >= _MIN_ECD_NM)])
         per_region.append(_instances_per_region(labels))
@@ -111,19 +122,36 @@ def measure(samples) -> DatasetStats:
         primaries_gsd=float(np.exp(log_regions.std())),
         image={k: float(np.median([r[k] for r in rows])) for k in rows[0]},
         n_images=len(rows),
+        measured_class=bool(by_class),
     )
 
 
 def dataset_samples(folder: str | Path):
-    """(image, labels, pixel size) of every labelled image of a dataset folder (ingested or simulated)."""
+    """(image, labels, pixel size, measured ids or None) of every labelled image of a dataset folder (ingested
+    or simulated); measured ids: the instances of the measured class when the annotations carry classes."""
     for record in read_dataset(folder).labelled():
-        yield record.image, record.labels, record.pixel_size_nm
+        anns = record.annotations
+        measured = ({a["instance_id"] for a in anns if a.get("particle_class") == MEASURED_CLASS}
+                    if any("particle_class" in a for a in anns) else None)
+        yield record.image, record.labels, record.pixel_size_nm, measured
 
 
-def simulated_samples(cfg: SimConfig, n: int, seed: int):
+def simulated_samples(cfg: SimConfig, n: int, seed: int, *, measured_class: bool = False):
+    """Simulated (image, labels, pixel size, measured ids) samples; measured ids from the exact geometry by
+    the config's class rule when ``measured_class``, else None."""
     for i in range(n):
         sim = simulate_image(cfg, seed, i)
-        yield as_written(sim, cfg), sim.render.instance_id[: cfg.image.height_px], cfg.image.pixel_size_nm
+        labels = sim.render.instance_id[: cfg.image.height_px]
+        measured = None
+        if measured_class:
+            buffers = sim.render
+            n_inst = buffers.n_instances
+            visible = np.bincount(buffers.instance_id.ravel(), minlength=n_inst + 1)
+            amodal = buffers.amodal_area_px()
+            present = np.flatnonzero(visible[1:] > 0) + 1
+            codes = instance_classes(visible[present], amodal[present], cfg.image.pixel_size_nm, cfg.classes)
+            measured = set(present[codes == CLASSES.index(MEASURED_CLASS) + 1].tolist())
+        yield as_written(sim, cfg), labels, cfg.image.pixel_size_nm, measured
 
 
 def _replace(cfg: SimConfig, section: str, **values) -> SimConfig:
@@ -156,7 +184,7 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
                    primaries_gsd=_clip(real.primaries_gsd, 1.0, 5.0))
     history = []
     for round_ in range(rounds + 1):
-        sim = measure(simulated_samples(cfg, n_sim, seed))
+        sim = measure(simulated_samples(cfg, n_sim, seed, measured_class=real.measured_class))
         history.append({"round": round_, "simulated": sim.summary()})
         if on_round is not None:
             on_round(round_, sim)
@@ -189,7 +217,7 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
 
 
 REPORT_ROWS = (
-    ("median_ecd_nm", "median ECD of visible particles (not at the border)", "nm", 0.10),
+    ("median_ecd_nm", "median ECD of counted particles (fully visible when classified; not at the border)", "nm", 0.10),
     ("coverage", "coverage (foreground fraction)", "fraction", 0.20),
     ("clean_ecd_gmean_nm", "clean particles: ECD geometric mean", "nm", None),
     ("clean_ecd_gsd", "clean particles: ECD geometric std", "-", None),
