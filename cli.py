@@ -306,6 +306,59 @@ def robustness(
 
 
 @app.command()
+def validate(
+    real: Path = typer.Option(..., "--real", help="Real labelled test images (cli.py ingest with masks)."),
+    model: str = typer.Option(..., "--model", help="Model spec, as for evaluate."),
+    out: Path = typer.Option(..., "--out", help="Folder for validation.json, validation.html (holds crops of the "
+                             "real images: keep it out of the repository) and OUT/synthetic."),
+    config: Path = typer.Option(None, "--config", help="Simulator config to simulate the synthetic side from."),
+    n: int = typer.Option(20, "--n", min=1, help="Synthetic images to simulate (with --config)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Simulation seed (with --config)."),
+    synthetic: Path = typer.Option(None, "--synthetic", help="A simulated dataset instead of --config."),
+    measured_class: str = typer.Option("full", "--measured-class", help="Particle class counted: full, fragment, "
+                                       "under; the others are ignore regions."),
+    n_resamples: int = typer.Option(1000, "--n-resamples", min=1, help="Bootstrap resamples (by image)."),
+    tolerance: list[str] = typer.Option([], "--tolerance", help="NAME=VALUE, e.g. F1=0.05 (repeatable)."),
+    sweep: Path = typer.Option(None, "--sweep", help="One-factor-at-a-time sweep (e.g. configs/sweeps/robustness."
+                               "toml): its post-hoc factors are compared level by level."),
+) -> None:
+    """Does the bench predict real failures? A model's errors on real and synthetic images, with verdicts."""
+    from eval.validate.compare import parse_tolerances
+    from eval.validate.report import text_table
+    from eval.validate.validate import InputError, ValidateConfig, check_inputs
+    from eval.validate.validate import validate as run_validate
+
+    try:
+        cfg = ValidateConfig(measured_class=measured_class, n_resamples=n_resamples,
+                             tolerances=parse_tolerances(tolerance))
+        inputs = check_inputs(real, out, config=config, n=n, seed=seed, synthetic=synthetic, sweep=sweep)
+    except ValueError as err:
+        _fail(str(err))
+    seg = _load_model(model)
+    if sweep is not None and seg.describe().get("kind") == "predictions":
+        _fail(f"{sweep}: a predictions: model cannot segment images degraded along a sweep (expected a model that "
+              "runs on images: watershed, unet:PATH or python:...)")
+    bars = []
+
+    def on_stage(name: str, total: int):
+        for bar in bars:
+            bar.close()
+        bar, tick = _progress(name, total)
+        bars.append(bar)
+        return tick
+
+    try:
+        result = run_validate(inputs, seg, cfg, on_stage=on_stage)
+    except (FileNotFoundError, InputError, ValueError) as err:
+        _fail(str(err))
+    finally:
+        for bar in bars:
+            bar.close()
+    typer.echo(text_table(result))
+    typer.echo(f"wrote {out / 'validation.json'}, {out / 'validation.html'}")
+
+
+@app.command()
 def realism(
     a: Path = typer.Argument(..., help="First image set: a dataset folder or a folder of SEM images."),
     b: Path = typer.Argument(..., help="Second image set (resampled to A's pixel size)."),
