@@ -270,6 +270,8 @@ def robustness(
     metric: str = typer.Option("F1", "--metric", help="Higher-is-better metric of the mPC/rPC table."),
     workers: int = typer.Option(1, "--workers", min=1, help="Simulation worker processes."),
     seed: int = typer.Option(0, "--seed", min=0, help="Dataset seed."),
+    validation: Path = typer.Option(None, "--validation", help="validation.json of cli.py validate: recorded in "
+                                    "the result (what the bench was validated against, verdicts per metric)."),
 ) -> None:
     """Simulate a sweep, run a model, and state its operating range with Clopper-Pearson bounds."""
     from eval.robustness.rows import RangeCriterion
@@ -283,6 +285,15 @@ def robustness(
                                robustness_metric=metric, seed=seed, workers=workers)
     except ValueError as err:
         _fail(str(err))
+    record = None
+    if validation is not None:
+        from eval.validate.validate import validation_record
+        from simulator.sweep import load_run_config
+
+        try:
+            record = validation_record(validation, model_spec=model, sweep_config=load_run_config(sweep)[0])
+        except (ValueError, ConfigError) as err:
+            _fail(str(err))
     seg = _load_model(model)
     bars = []
 
@@ -294,7 +305,7 @@ def robustness(
         return tick
 
     try:
-        result = run_robustness(sweep, seg, out, cfg, dataset_dir=dataset, on_stage=on_stage)
+        result = run_robustness(sweep, seg, out, cfg, dataset_dir=dataset, on_stage=on_stage, validation=record)
     except (FileNotFoundError, ValueError, ConfigError) as err:
         _fail(str(err))
     finally:
@@ -302,6 +313,13 @@ def robustness(
             bar.close()
     for r in result["statistics"].get("ranges", {}).values():
         typer.echo(r["statement"])
+    if record is None:
+        typer.echo("bench not validated on real images (see cli.py validate, --validation)")
+    else:
+        typer.echo(f"bench validated against {record['real_dataset']}: agrees on {len(record['verdict']['agrees'])} "
+                   f"of {len(record['metrics'])} metrics"
+                   + (f", disagrees on {', '.join(record['verdict']['disagrees'])}" if record["verdict"]["disagrees"]
+                      else ""))
     typer.echo(f"wrote {out / 'robustness.json'}, {out / 'per_image.csv'}, {out / 'report.html'}")
 
 

@@ -246,6 +246,33 @@ def robustness_report(result: dict, stats: dict, predicted, overall: dict, cfg) 
 Criterion: {html.escape(crit.describe())}. Timing: simulate {timing['simulate_s']:.0f} s, segment
 {timing['segment_s']:.0f} s, metrics {timing['metrics_s']:.0f} s.</p>
 {''.join(body)}
+<h2>Bench validation</h2>{_validation_section(result.get("validation"))}
 <h2>Provenance</h2><pre>{html.escape(json.dumps(prov, indent=1, default=str))}</pre>
 </body></html>
 """
+
+
+def _validation_section(record: dict | None) -> str:
+    """Whether (and against what) the simulated bench was validated on real images (``cli.py validate``)."""
+    if not record:
+        return ("<p>Not validated: nothing shows that this model fails the same way on real images (run "
+                "<code>cli.py validate</code> and pass its result with <code>--validation</code>).</p>")
+    v = record["verdict"]
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td class=num>{fmt(m['difference']['value'], 3)}</td>"
+                   f"<td class=num>{m['tolerance']:g}</td><td>{html.escape(m['verdict'])}</td></tr>"
+                   for name, m in record["metrics"].items())
+    notes = []
+    if record.get("same_model") is False:
+        notes.append(f"validated with another model ({html.escape(str(record['model']))})")
+    if record.get("config_differences"):
+        notes.append("the validated config differs from this sweep's nominal config in "
+                     + html.escape(", ".join(record["config_differences"])))
+    return (f"<p><code>{html.escape(record['file'])}</code>: real images <code>"
+            f"{html.escape(str(record['real_dataset']))}</code> against <code>"
+            f"{html.escape(str(record['synthetic_config_file'] or record['synthetic_dataset']))}</code>, model "
+            f"<code>{html.escape(str(record['model']))}</code>, class {html.escape(str(record['measured_class']))}: "
+            f"agrees on {len(v['agrees'])} of {len(record['metrics'])} metrics"
+            + (f", disagrees on {html.escape(', '.join(v['disagrees']))}" if v["disagrees"] else "") + ".</p>"
+            + "".join(f"<p class=small>Note: {n}.</p>" for n in notes)
+            + f"<table><tr><th>metric</th><th>real - synthetic</th><th>tolerance</th><th>verdict</th></tr>{rows}"
+              "</table>")

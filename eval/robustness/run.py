@@ -124,12 +124,15 @@ def point_metrics(predicted, cfg: EvaluateConfig) -> list[dict]:
 
 def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: RobustnessConfig = RobustnessConfig(), *,
                dataset_dir: str | Path | None = None,
-               on_stage: Callable[[str, int], Callable[[], None]] | None = None) -> dict:
+               on_stage: Callable[[str, int], Callable[[], None]] | None = None,
+               validation: dict | None = None) -> dict:
     """Simulate (or reuse) the sweep, run the model, write robustness.json, per_image.csv and report.html.
 
     dataset_dir: where the sweep's images are (simulated there unless complete; default OUT/dataset), so that
         several models can be tested on the same images.
     on_stage(name, total) -> per-item callback: progress for "simulate" and "segment".
+    validation: what the bench was validated against (``eval.validate.validate.validation_record``), recorded
+        as is; None records that it was not validated.
     """
     from simulator.io.files import atomic_write_bytes
     from simulator.sweep import expand, load_run_config
@@ -165,6 +168,7 @@ def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: Robustne
         "statistics": to_jsonable(stats),
         "timing": timing,
         "provenance": provenance(dataset_dir, model, cfg.evaluate),
+        "validation": validation,
     }
     result["provenance"]["sweep_toml"] = sweep_toml.read_text()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -355,3 +355,61 @@ def validate(inputs: Inputs, model, cfg: ValidateConfig = ValidateConfig(), *,
     atomic_write_bytes(inputs.out / "validation.json",
                        (json.dumps(to_jsonable(result), indent=1, allow_nan=False) + "\n").encode())
     return result
+
+
+# ------------------------------------------------------------------------------- for robustness reports
+
+
+def _differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for key in keys:
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def validation_record(path: Path, *, model_spec: str | None = None, sweep_config=None) -> dict:
+    """What a robustness result records of the validation of its bench: the file and its hash, what was compared
+    (real dataset, synthetic config, model, measured class), the verdict per metric (and per sweep level), and
+    whether the validated model and config are the ones tested (``sweep_config``: the sweep's nominal SimConfig)."""
+    import hashlib
+
+    from simulator.config import config_to_dict
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        metrics, verdict = data["metrics"], data["verdict"]
+        real, synthetic, model = data["real"], data["synthetic"], data["model"]
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found (expected validation.json written by cli.py validate)") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: not a validation result ({err}) (expected validation.json written by "
+                         "cli.py validate)") from None
+    record = {
+        "file": str(path.resolve()),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "measured_class": data.get("measured_class"),
+        "real_dataset": real.get("dataset"), "real_counts": real.get("counts"),
+        "synthetic_dataset": synthetic.get("dataset"), "synthetic_config_file": synthetic.get("config_file"),
+        "synthetic_seed": synthetic.get("seed"),
+        "model": model.get("spec"),
+        "verdict": verdict,
+        "metrics": {name: {"difference": m["difference"], "tolerance": m["tolerance"], "verdict": m["verdict"],
+                           "interval": m["interval"]} for name, m in metrics.items()},
+        "sweep": None,
+    }
+    if data.get("sweep"):
+        record["sweep"] = {"file": data["sweep"]["file"], "synthetic_only": data["sweep"]["synthetic_only"],
+                           "levels": [{"factor": lv["factor"], "level": lv["level"], "testable": lv["testable"],
+                                       **({"verdict": lv["verdict"]} if lv["testable"] else {"reason": lv["reason"]})}
+                                      for lv in data["sweep"]["levels"]]}
+    if model_spec is not None:
+        record["same_model"] = model.get("spec") == model_spec
+    if sweep_config is not None and synthetic.get("config") is not None:
+        record["config_differences"] = _differences(synthetic["config"], config_to_dict(sweep_config))
+    return record
