@@ -238,6 +238,9 @@ def sweep_table(sweep: Mapping) -> str:
             f"{fmt(m['difference']['value'], 3)} [{fmt(m['difference']['ci_low'], 3)}, "
             f"{fmt(m['difference']['ci_high'], 3)}]</td>" for m in lv["metrics"].values())
         rows.append(f"<tr><td>{name}</td>{cells}</tr>")
+        if lv.get("note"):
+            rows.append(f"<tr><td></td><td colspan={len(VALIDATED_METRICS)} class=small>Note: "
+                        f"{html.escape(lv['note'])}</td></tr>")
     return f"<table><tr><th>level</th>{head}</tr>{''.join(rows)}</table>"
 
 

@@ -36,6 +36,7 @@ class SweepLevel:
     nominal: float
     testable: bool  # can be applied to the real images
     reason: str  # why not, when not
+    note: str = ""  # a caveat on the comparison at this level
 
     @property
     def name(self) -> str:
@@ -85,7 +86,12 @@ def plan_sweep(spec, cfg, real_pixel_sizes_nm: Sequence[float]) -> SweepPlan:
             if math.isclose(value, nominal, rel_tol=1e-9):
                 continue  # the nominal point is the main comparison
             ok, reason = _testable(factor, value, nominal, real_pixel_sizes_nm)
-            levels.append(SweepLevel(factor, value, nominal, ok, reason))
+            note = ""
+            if factor == "image.pixel_size_nm" and cfg.field.coverage > 0:
+                note = ("field.coverage is estimated on a grid of image pixels: at another pixel size the simulator "
+                        "places a different number of particles, so the synthetic geometry is not that of the "
+                        "nominal images (set field.primaries_per_um2 instead)")
+            levels.append(SweepLevel(factor, value, nominal, ok, reason, note))
     return SweepPlan(tuple(levels), tuple(synthetic_only))
 
 

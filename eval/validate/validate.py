@@ -263,7 +263,7 @@ def run_sweep(inputs: Inputs, model, real_items: list, nominal: dict, cfg: Valid
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 20]))
     for level in plan.levels:
         entry = {"factor": level.factor, "level": level.level, "nominal": level.nominal, "testable": level.testable,
-                 "reason": level.reason}
+                 "reason": level.reason, "note": level.note}
         if not level.testable:
             levels_json.append(entry)
             continue
