@@ -222,6 +222,27 @@ def test_robustness_records_the_validation(tmp_path):
     assert record["real_dataset"] == str(real.resolve())
 
 
+@pytest.mark.slow
+def test_robustness_cli_records_the_validation_in_its_result_and_report(tmp_path):
+    real = disk_dataset(tmp_path / "real", seed=1, n_images=2)
+    synthetic = disk_dataset(tmp_path / "synthetic", seed=2, n_images=2)
+    assert run_validate("--real", real, "--synthetic", synthetic, "--out", tmp_path / "v").exit_code == 0
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text('[image]\nwidth_px = 96\nheight_px = 96\n[sweep]\nmode = "oat"\nimages_per_point = 1\n'
+                     '[sweep.factors]\n"probe.sigma_nm" = [8.0]\n')
+    result = runner.invoke(app, ["robustness", str(sweep), "--model", "watershed", "--out", str(tmp_path / "rob"),
+                                 "--validation", str(tmp_path / "v" / "validation.json")])
+    assert result.exit_code == 0, result.output
+    assert "bench validated against" in result.output
+    recorded = json.loads((tmp_path / "rob" / "robustness.json").read_text())["validation"]
+    assert recorded["model"] == "watershed" and recorded["same_model"] is True
+    assert recorded["config_differences"] is None  # the validated synthetic set records no config
+    assert "Bench validation" in (tmp_path / "rob" / "report.html").read_text()
+    bad = runner.invoke(app, ["robustness", str(sweep), "--model", "watershed", "--out", str(tmp_path / "rob2"),
+                              "--validation", str(tmp_path / "nothing.json")])
+    assert bad.exit_code == 2 and "nothing.json: not found" in bad.output
+
+
 def test_bad_inputs_give_the_error_format(tmp_path):
     real = disk_dataset(tmp_path / "real", seed=1, n_images=1)
     synthetic = disk_dataset(tmp_path / "synthetic", seed=2, n_images=1)

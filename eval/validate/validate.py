@@ -410,6 +410,7 @@ def validation_record(path: Path, *, model_spec: str | None = None, sweep_config
                                       for lv in data["sweep"]["levels"]]}
     if model_spec is not None:
         record["same_model"] = model.get("spec") == model_spec
-    if sweep_config is not None and synthetic.get("config") is not None:
-        record["config_differences"] = _differences(synthetic["config"], config_to_dict(sweep_config))
+    if sweep_config is not None:  # None: the validation's synthetic side recorded no config to compare
+        record["config_differences"] = (None if synthetic.get("config") is None
+                                        else _differences(synthetic["config"], config_to_dict(sweep_config)))
     return record
