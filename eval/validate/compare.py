@@ -128,21 +128,24 @@ def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def _resampled(records: Sequence, statistic: Callable, keys: Sequence[str], rng: np.random.Generator,
-               n_resamples: int) -> np.ndarray:
+               n_resamples: int, on_resample: Callable[[], None] | None = None) -> np.ndarray:
     """(n_resamples, len(keys)) statistic of resamples of ``records`` (indices sorted: order-stable ties)."""
     index = np.sort(rng.integers(0, len(records), size=(n_resamples, len(records))), axis=1)
     draws = np.empty((n_resamples, len(keys)))
     for b, rows in enumerate(index):
         value = statistic([records[i] for i in rows])
         draws[b] = [value[k] for k in keys]
+        if on_resample is not None:
+            on_resample()
     return draws
 
 
 def two_sample_bootstrap(real: Sequence, synthetic: Sequence, statistic: Callable[[Sequence], Mapping[str, float]],
-                         *, rng: np.random.Generator, n_resamples: int = 1000,
-                         confidence: float = 0.95) -> dict[str, TwoSampleIntervals]:
+                         *, rng: np.random.Generator, n_resamples: int = 1000, confidence: float = 0.95,
+                         on_resample: Callable[[], None] | None = None) -> dict[str, TwoSampleIntervals]:
     """Percentile intervals of each named statistic on each side and of their difference (real - synthetic),
-    the two sides resampled independently (one record per image)."""
+    the two sides resampled independently (one record per image); ``on_resample`` is called 2 n_resamples
+    times (progress)."""
     if not real or not synthetic:
         raise ValueError(f"both sides need images, got {len(real)} real and {len(synthetic)} synthetic")
     if n_resamples < 1 or not 0.0 < confidence < 1.0:
@@ -150,8 +153,8 @@ def two_sample_bootstrap(real: Sequence, synthetic: Sequence, statistic: Callabl
     value_r, value_s = statistic(list(real)), statistic(list(synthetic))
     keys = list(value_r)
     rng_r, rng_s = rng.spawn(2)
-    draws_r = _resampled(real, statistic, keys, rng_r, n_resamples)
-    draws_s = _resampled(synthetic, statistic, keys, rng_s, n_resamples)
+    draws_r = _resampled(real, statistic, keys, rng_r, n_resamples, on_resample)
+    draws_s = _resampled(synthetic, statistic, keys, rng_s, n_resamples, on_resample)
     out = {}
     for j, key in enumerate(keys):
         r, s = float(value_r[key]), float(value_s[key])
@@ -197,11 +200,11 @@ def interval_status(diff: Interval, tolerance: float) -> str:
 
 
 def compare_records(real: Sequence[ImageRecord], synthetic: Sequence[ImageRecord], tols: Mapping[str, float], *,
-                    rng: np.random.Generator, n_resamples: int = 1000,
-                    confidence: float = 0.95) -> list[MetricComparison]:
+                    rng: np.random.Generator, n_resamples: int = 1000, confidence: float = 0.95,
+                    on_resample: Callable[[], None] | None = None) -> list[MetricComparison]:
     """One ``MetricComparison`` per validated metric, in ``VALIDATED_METRICS`` order."""
     boot = two_sample_bootstrap(real, synthetic, validation_metrics, rng=rng, n_resamples=n_resamples,
-                                confidence=confidence)
+                                confidence=confidence, on_resample=on_resample)
     return [MetricComparison(name, b.real, b.synthetic, b.difference, tols[name],
                              verdict(b.difference.value, tols[name]), interval_status(b.difference, tols[name]))
             for name, b in ((name, boot[name]) for name in VALIDATED_METRICS)]

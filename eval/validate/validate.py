@@ -226,6 +226,11 @@ class Side:
     predicted: list
     records: list
 
+    def rows(self) -> list[dict]:
+        """One row per image: its file, counts, PQ and Dice (``ImageMatch.row``)."""
+        return [{"file_name": p.labelled.info["file_name"], **r.match.row()}
+                for p, r in zip(self.predicted, self.records, strict=True)]
+
     def counts(self) -> dict[str, int]:
         m = [r.match for r in self.records]
         return {"images": len(m), "n_true": sum(x.n_true for x in m), "n_pred": sum(x.n_pred for x in m),
@@ -275,8 +280,9 @@ def run_sweep(inputs: Inputs, model, real_items: list, nominal: dict, cfg: Valid
         tick = on_stage(f"segment {level.name}", len(degraded) + source.n_images) if on_stage else None
         real_side = score_side(model, degraded, cfg, tick)
         syn_side = score_side(model, labelled(folder, cfg), cfg, tick)
+        tick = on_stage(f"bootstrap {level.name}", 2 * cfg.n_resamples) if on_stage else None
         rows = compare_records(real_side.records, syn_side.records, cfg.tolerances, rng=rng.spawn(1)[0],
-                               n_resamples=cfg.n_resamples, confidence=cfg.confidence)
+                               n_resamples=cfg.n_resamples, confidence=cfg.confidence, on_resample=tick)
         entry.update({"synthetic_dataset": str(folder), "counts": {"real": real_side.counts(),
                                                                   "synthetic": syn_side.counts()},
                       "metrics": comparisons_json(rows), "verdict": overall_verdict(rows)})
@@ -312,9 +318,10 @@ def validate(inputs: Inputs, model, cfg: ValidateConfig = ValidateConfig(), *,
     syn_side = score_side(model, syn_items, cfg, tick)
     timing["segment_s"] = time.perf_counter() - start
     start = time.perf_counter()
+    tick = on_stage("bootstrap", 2 * cfg.n_resamples) if on_stage else None
     rows = compare_records(real_side.records, syn_side.records, cfg.tolerances,
                            rng=np.random.default_rng(cfg.seed), n_resamples=cfg.n_resamples,
-                           confidence=cfg.confidence)
+                           confidence=cfg.confidence, on_resample=tick)
     timing["bootstrap_s"] = time.perf_counter() - start
     from eval.evaluate import EvaluateConfig
 
@@ -326,8 +333,9 @@ def validate(inputs: Inputs, model, cfg: ValidateConfig = ValidateConfig(), *,
         "tolerances": dict(cfg.tolerances),
         "metrics": comparisons_json(rows),
         "real": {"dataset": str(inputs.real.folder.resolve()), "counts": real_side.counts(),
-                 "pixel_size_nm": sorted(set(inputs.real.pixel_sizes_nm))},
+                 "pixel_size_nm": sorted(set(inputs.real.pixel_sizes_nm)), "images": real_side.rows()},
         "synthetic": {"dataset": str(source.folder.resolve()), "counts": syn_side.counts(),
+                      "images": syn_side.rows(),
                       "config_file": str(source.config_file) if source.config_file else None,
                       "simulated_here": source.config_file is not None, "seed": source.seed,
                       "config": config_to_dict(source.config) if source.config is not None else None},
