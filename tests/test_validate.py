@@ -337,7 +337,7 @@ def test_validate_on_two_seeds_of_a_config_agrees_and_a_noisier_copy_is_flagged(
     for path in sorted((noisy / "images").glob("*.png")):
         pixels, _ = read_png(path)  # variance quadrupled: ~ a quarter of the dose, a dose far from nominal
         thinned = thin_dose(pixels, np.zeros(pixels.shape, np.int32), 4.0, level=1.0, nominal=16.0,
-                            noise=NoiseModel(offset_var=0.0, gain=0.02, n_patches=0), rng=rng)
+                            noise=NoiseModel(offset_var=0.0, gain=0.02, n_bins=0), rng=rng)
         cv2.imwrite(str(path), np.clip(thinned.image * 255 + 0.5, 0, 255).astype(np.uint8))
     flagged = run_validate("--real", noisy, "--synthetic", tmp_path / "out" / "synthetic", "--out",
                            tmp_path / "noisy-out")
