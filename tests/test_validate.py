@@ -208,6 +208,8 @@ def test_validate_counts_the_measured_class(tmp_path):
     anns = json.loads((real / "annotations.json").read_text())["annotations"]
     full = sum(1 for a in anns if a["particle_class"] == "full" and not a["touches_border"])
     assert result["real"]["counts"]["n_true"] == full
+    assert result["real"]["counting"] != result["synthetic"]["counting"]
+    assert "warning: the sides count different particles" in out.output
 
 
 def test_robustness_records_the_validation(tmp_path):

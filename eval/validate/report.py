@@ -254,6 +254,9 @@ def text_table(result: Mapping) -> str:
         lines.append(f"{name:<13}{fmt(m['real']['value'], 3):>9}{fmt(m['synthetic']['value'], 3):>9}"
                      f"{fmt(d['value'], 3):>11}  {interval:<20}{m['tolerance']:>5g}  {m['verdict']}")
     v = result["verdict"]
+    if result["real"]["counting"] != result["synthetic"]["counting"]:
+        lines.append(f"warning: the sides count different particles: real {result['real']['counting']}; "
+                     f"synthetic {result['synthetic']['counting']}")
     lines.append(f"agrees on {len(v['agrees'])} of {len(result['metrics'])} metrics"
                  + (f"; disagrees on {', '.join(v['disagrees'])}" if v["disagrees"] else "")
                  + (f"; undefined: {', '.join(v['undefined'])}" if v["undefined"] else ""))
@@ -319,9 +322,10 @@ def validation_html(result: Mapping, real_side, syn_side, sweep_sides: Mapping, 
         f"<p>Real: <code>{html.escape(real['dataset'])}</code>, {real['counts']['images']} images, "
         f"{real['counts']['n_true']} counted particles. Synthetic: <code>{html.escape(syn['dataset'])}</code>"
         f"{html.escape(source)}"
-        f", {syn['counts']['images']} images, {syn['counts']['n_true']} counted particles. Counted: particles of "
-        f"class <b>{html.escape(result['measured_class'])}</b> not cut by the border (datasets without classes: "
-        f"not cut by the border and hidden at most {cfg.max_occluded_fraction:g}); the others are ignore regions. "
+        f", {syn['counts']['images']} images, {syn['counts']['n_true']} counted particles. Counted on the real side: "
+        f"{html.escape(real['counting'])}; on the synthetic side: {html.escape(syn['counting'])}"
+        f"{' (<b>not the same particles</b>)' if real['counting'] != syn['counting'] else ''}; the others are "
+        "ignore regions. "
         f"Intervals: {cfg.confidence:.0%} percentile bootstrap, real and synthetic images resampled independently "
         f"by image ({cfg.n_resamples} resamples, seed {cfg.seed}).</p>",
         f"<p><b>Agrees on {len(v['agrees'])} of {len(result['metrics'])} metrics</b>"

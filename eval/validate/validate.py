@@ -189,6 +189,15 @@ def check_inputs(real: Path, out: Path, *, config: Path | None = None, n: int = 
 # ----------------------------------------------------------------------------------------------- running
 
 
+def counting_rule(folder: Path, cfg: ValidateConfig) -> str:
+    """Which particles a dataset's evaluation counts: by class when its annotations carry classes."""
+    from eval.evaluate import read_coco
+
+    if any(a.get("particle_class") is not None for a in read_coco(folder)["annotations"]):
+        return f"particle_class == {cfg.measured_class!r}, not cut by the border"
+    return f"no particle classes: not cut by the border, occluded_fraction <= {cfg.max_occluded_fraction:g}"
+
+
 def labelled(folder: Path, cfg: ValidateConfig) -> list:
     """Every labelled image of a dataset with the ignore ids of the measured class."""
     from eval.evaluate import EvaluateConfig, labelled_images, read_coco
@@ -333,8 +342,10 @@ def validate(inputs: Inputs, model, cfg: ValidateConfig = ValidateConfig(), *,
         "tolerances": dict(cfg.tolerances),
         "metrics": comparisons_json(rows),
         "real": {"dataset": str(inputs.real.folder.resolve()), "counts": real_side.counts(),
-                 "pixel_size_nm": sorted(set(inputs.real.pixel_sizes_nm)), "images": real_side.rows()},
+                 "pixel_size_nm": sorted(set(inputs.real.pixel_sizes_nm)), "images": real_side.rows(),
+                 "counting": counting_rule(inputs.real.folder, cfg)},
         "synthetic": {"dataset": str(source.folder.resolve()), "counts": syn_side.counts(),
+                      "counting": counting_rule(source.folder, cfg),
                       "images": syn_side.rows(),
                       "config_file": str(source.config_file) if source.config_file else None,
                       "simulated_here": source.config_file is not None, "seed": source.seed,
