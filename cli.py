@@ -352,6 +352,9 @@ def validate(
         inputs = check_inputs(real, out, config=config, n=n, seed=seed, synthetic=synthetic, sweep=sweep)
     except ValueError as err:
         _fail(str(err))
+    if out.resolve().is_relative_to(Path(__file__).resolve().parent):
+        typer.secho(f"warning: {out} is inside the repository; validation.html holds crops of the real images: "
+                    "never commit it", fg=typer.colors.YELLOW, err=True)
     seg = _load_model(model)
     if sweep is not None and seg.describe().get("kind") == "predictions":
         _fail(f"{sweep}: a predictions: model cannot segment images degraded along a sweep (expected a model that "
