@@ -204,11 +204,11 @@ def preview(
     typer.echo("statistics within 20 % of the reference: " + ("yes" if criteria_met(result) else "NO"))
 
 
-def _progress(desc: str, total: int):
+def _progress(desc: str, total: int, unit: str = "img"):
     """A tqdm bar; returns (bar, per-item callback)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="img", desc=desc)
+    bar = tqdm(total=total, unit=unit, desc=desc)
     return bar, bar.update
 
 
@@ -364,7 +364,7 @@ def validate(
     def on_stage(name: str, total: int):
         for bar in bars:
             bar.close()
-        bar, tick = _progress(name, total)
+        bar, tick = _progress(name, total, "resample" if name.startswith("bootstrap") else "img")
         bars.append(bar)
         return tick
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from eval.bootstrap import Interval
-from eval.matching import ImageSample, match_image
+from eval.metrics.bootstrap import Interval
+from eval.metrics.matching import ImageSample, match_image
 from eval.validate.compare import (
     VALIDATED_METRICS,
     counted_ignore_ids,
@@ -333,7 +333,7 @@ def test_validate_on_two_seeds_of_a_config_agrees_and_a_noisier_copy_is_flagged(
     noisy = tmp_path / "noisy"
     shutil.copytree(real, noisy)
     from eval.validate.degrade import NoiseModel, thin_dose
-    from simulator.dataset import read_png
+    from simulator.io.files import read_png
 
     rng = np.random.default_rng(0)
     for path in sorted((noisy / "images").glob("*.png")):

@@ -1,7 +1,7 @@
 """Compare a model's errors on real and synthetic images: values, differences with bootstrap intervals, verdicts.
 
-Both sides are scored by the evaluate module's own matching (``eval.matching.match_image``) and COCO per-image
-evaluation (``eval.coco``), counting the measured particle class only (``counted_ignore_ids``). The difference
+Both sides are scored by the evaluate module's own matching (``eval.metrics.matching.match_image``) and COCO per-image
+evaluation (``eval.metrics.coco``), counting the measured particle class only (``counted_ignore_ids``). The difference
 of a metric is real - synthetic. Its interval is a two-sample percentile bootstrap: in each resample the real
 images and the synthetic images are drawn independently, with replacement, by *image* (never by particle:
 particles of one image share its conditions), and every metric is recomputed from the drawn images' contents.
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.bootstrap import ImageRecord, Interval
-from eval.coco import coco_accumulate, coco_evaluate_images
-from eval.matching import ImageSample, MatchConfig, aggregate_matches, ignore_ids_from_annotations, match_image
-from eval.psd import pooled_sizes, psd_metrics
+from eval.metrics.bootstrap import ImageRecord, Interval
+from eval.metrics.coco import coco_accumulate, coco_evaluate_images
+from eval.metrics.matching import ImageSample, MatchConfig, aggregate_matches, ignore_ids_from_annotations, match_image
+from eval.metrics.psd import pooled_sizes, psd_metrics
 
 VALIDATED_METRICS = ("AP50", "F1", "precision", "recall", "split_rate", "merge_rate", "ECD_rel_bias",
                      "D10_rel_err", "D50_rel_err", "D90_rel_err")

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
-from eval.matching import MatchConfig, instance_overlaps
-from eval.plots import axis_label, data_uri, png_bytes
-from eval.report import STYLE, fmt, jpeg_uri
+from eval.metrics.matching import MatchConfig, instance_overlaps
+from eval.report.plots import axis_label, data_uri, png_bytes
+from eval.report.report import STYLE, fmt, jpeg_uri
 from eval.validate.compare import METRIC_MEANINGS, VALIDATED_METRICS
 from simulator.preview import instance_boundaries
 
@@ -51,7 +51,7 @@ class ErrorExample:
 
 
 def error_examples(sample, match, image_index: int, match_config: MatchConfig = MatchConfig()) -> list[ErrorExample]:
-    """The errors of one image, located: the part rule of ``eval.matching`` applied to its overlaps (the counts
+    """The errors of one image, located: the part rule of ``eval.metrics.matching`` applied to its overlaps (the counts
     equal ``match.splits`` / ``match.merges``), unmatched counted instances, and matched pairs' ECD errors."""
     ov = instance_overlaps(sample.true_ids, sample.pred_ids)
     ignored_true = np.isin(ov.true_ids, np.fromiter(sample.ignore_ids, np.int64, len(sample.ignore_ids)))

@@ -215,14 +215,14 @@ def labelled(folder: Path, cfg: ValidateConfig) -> list:
 def simulate(source: SyntheticSource, folder: Path, sim_cfg, on_image: Callable[[], None] | None = None) -> None:
     """Simulate ``source.n_images`` images of ``sim_cfg`` into ``folder``; a complete folder of the same plan is
     reused, an interrupted one finished."""
-    from simulator.dataset import write_dataset
+    from simulator.io.writer import write_dataset
 
     write_dataset(folder, sim_cfg, n_images=source.n_images, seed=source.seed,
                   resume=(folder / "run.json").exists(), on_image=on_image)
 
 
 def samples_of(predicted) -> list:
-    from eval.matching import ImageSample
+    from eval.metrics.matching import ImageSample
 
     return [ImageSample(p.labelled.true_ids, p.pred_ids, float(p.labelled.info["pixel_size_nm"]), p.scores,
                         p.labelled.ignore_ids) for p in predicted]
@@ -249,7 +249,7 @@ class Side:
 
 def score_side(model, items, cfg: ValidateConfig, on_image=None) -> Side:
     from eval.evaluate import run_model
-    from eval.matching import MatchConfig
+    from eval.metrics.matching import MatchConfig
 
     predicted = run_model(model, items, on_image)
     return Side(predicted, image_records(samples_of(predicted), MatchConfig(iou_threshold=cfg.iou_threshold)))
@@ -308,10 +308,10 @@ def validate(inputs: Inputs, model, cfg: ValidateConfig = ValidateConfig(), *,
              on_stage: Callable[[str, int], Callable[[], None]] | None = None) -> dict:
     """Run the whole comparison and write OUT/validation.json and OUT/validation.html; returns the JSON dict."""
     from eval.evaluate import provenance
-    from eval.ranges import to_jsonable
+    from eval.jsonable import to_jsonable
     from eval.validate.report import validation_html
     from simulator.config import config_to_dict
-    from simulator.dataset import atomic_write_bytes, package_versions
+    from simulator.io.files import atomic_write_bytes, package_versions
 
     timing, start = {}, time.perf_counter()
     source = inputs.synthetic
