@@ -8,6 +8,7 @@
     metrics/     matching -> COCO AP -> particle size distributions -> bootstrap over images
     evaluate     a model on a dataset: metrics.json, per_image.csv, report.html
     robustness/  a model over a simulated sweep: rows -> binomial bounds -> operating ranges, tables, designs
+    validate/    bench validity: a model's errors on real vs synthetic images (degrade -> compare -> sweep -> report)
     report/      HTML reports and their plots
     training     the training skeleton of every network (device, seeded streams, checkpoints, resume)
     jsonable     results as plain JSON types
