@@ -22,8 +22,9 @@ import numpy as np
 
 from eval.metrics.bootstrap import ImageRecord, Interval
 from eval.metrics.coco import coco_accumulate, coco_evaluate_images
-from eval.metrics.matching import ImageSample, MatchConfig, aggregate_matches, ignore_ids_from_annotations, match_image
+from eval.metrics.matching import ImageSample, MatchConfig, aggregate_matches, match_image
 from eval.metrics.psd import pooled_sizes, psd_metrics
+from simulator.io.records import ignore_ids_from_annotations
 
 VALIDATED_METRICS = ("AP50", "F1", "precision", "recall", "split_rate", "merge_rate", "ECD_rel_bias",
                      "D10_rel_err", "D50_rel_err", "D90_rel_err")

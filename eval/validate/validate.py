@@ -16,7 +16,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -191,7 +191,7 @@ def check_inputs(real: Path, out: Path, *, config: Path | None = None, n: int = 
 
 def counting_rule(folder: Path, cfg: ValidateConfig) -> str:
     """Which particles a dataset's evaluation counts: by class when its annotations carry classes."""
-    from eval.evaluate import read_coco
+    from simulator.io.reader import read_coco
 
     if any(a.get("particle_class") is not None for a in read_coco(folder)["annotations"]):
         return f"particle_class == {cfg.measured_class!r}, not cut by the border"
@@ -199,17 +199,18 @@ def counting_rule(folder: Path, cfg: ValidateConfig) -> str:
 
 
 def labelled(folder: Path, cfg: ValidateConfig) -> list:
-    """Every labelled image of a dataset with the ignore ids of the measured class."""
-    from eval.evaluate import EvaluateConfig, labelled_images, read_coco
+    """Every labelled image of a dataset (``eval.evaluate.LabelledImage``) with the ignore ids of the measured
+    class."""
+    from eval.evaluate import LabelledImage
+    from simulator.io.reader import read_dataset
 
-    by_image: dict[int, list[dict]] = {}
-    for ann in read_coco(folder)["annotations"]:
-        by_image.setdefault(ann["image_id"], []).append(ann)
-    items = labelled_images(folder, EvaluateConfig(max_occluded_fraction=cfg.max_occluded_fraction))
-    return [replace(item, ignore_ids=counted_ignore_ids(by_image.get(item.info["id"], []),
-                                                        measured_class=cfg.measured_class,
-                                                        max_occluded_fraction=cfg.max_occluded_fraction))
-            for item in items]
+    dataset = read_dataset(folder).labelled()
+    if not len(dataset):
+        raise InputError(f"{folder}: no image has a label map (expected labels/ and label_file entries)")
+    return [LabelledImage(r.info, r.image, r.labels,
+                          counted_ignore_ids(r.annotations, measured_class=cfg.measured_class,
+                                             max_occluded_fraction=cfg.max_occluded_fraction))
+            for r in dataset]
 
 
 def simulate(source: SyntheticSource, folder: Path, sim_cfg, on_image: Callable[[], None] | None = None) -> None:
