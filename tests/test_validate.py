@@ -1,4 +1,4 @@
-"""cli.py validate (eval.validate): counting, the two-sample bootstrap, verdicts, the sweep plan, error examples,
+"""cli.py validate (eval.validate): the two-sample bootstrap, verdicts, the sweep plan, error examples,
 the command on constructed and simulated datasets, and its input errors."""
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from eval.metrics.bootstrap import Interval
 from eval.metrics.matching import ImageSample, match_image
 from eval.validate.compare import (
     VALIDATED_METRICS,
-    counted_ignore_ids,
     interval_status,
     parse_tolerances,
     tolerances,
@@ -71,25 +70,6 @@ def disk_dataset(folder: Path, *, seed: int, n_images: int = 6, shape=(160, 160)
     coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "particle"}]}
     (folder / "annotations.json").write_text(json.dumps(coco))
     return folder
-
-
-# ----------------------------------------------------------------------------------------------- counting
-
-
-def test_counted_ignore_ids_follow_the_measured_class_and_fall_back_without_classes():
-    with_classes = [
-        {"instance_id": 1, "particle_class": "full", "touches_border": False},
-        {"instance_id": 2, "particle_class": "fragment", "touches_border": False},
-        {"instance_id": 3, "particle_class": "full", "touches_border": True},
-        {"instance_id": 4, "particle_class": None, "touches_border": False},
-        {"instance_id": 5, "particle_class": "under", "touches_border": False},
-    ]
-    assert counted_ignore_ids(with_classes) == {2, 3, 4, 5}
-    assert counted_ignore_ids(with_classes, measured_class="fragment") == {1, 3, 4, 5}
-    without = [{"instance_id": 1, "touches_border": False, "occluded_fraction": 0.2},
-               {"instance_id": 2, "touches_border": True, "occluded_fraction": 0.0},
-               {"instance_id": 3, "touches_border": False, "occluded_fraction": 0.7}]
-    assert counted_ignore_ids(without) == {2, 3}
 
 
 # ------------------------------------------------------------------------------------- bootstrap, verdicts

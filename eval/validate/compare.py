@@ -1,7 +1,8 @@
 """Compare a model's errors on real and synthetic images: values, differences with bootstrap intervals, verdicts.
 
 Both sides are scored by the evaluate module's own matching (``eval.metrics.matching.match_image``) and COCO per-image
-evaluation (``eval.metrics.coco``), counting the measured particle class only (``counted_ignore_ids``). The difference
+evaluation (``eval.metrics.coco``), counting the measured particle class only (``eval.evaluate.labelled_images``
+with ``simulator.io.records.counted_ignore_ids``: other classes and border particles are ignore regions). The difference
 of a metric is real - synthetic. Its interval is a two-sample percentile bootstrap: in each resample the real
 images and the synthetic images are drawn independently, with replacement, by *image* (never by particle:
 particles of one image share its conditions), and every metric is recomputed from the drawn images' contents.
@@ -24,7 +25,6 @@ from eval.metrics.bootstrap import ImageRecord, Interval
 from eval.metrics.coco import coco_accumulate, coco_evaluate_images
 from eval.metrics.matching import ImageSample, MatchConfig, aggregate_matches, match_image
 from eval.metrics.psd import pooled_sizes, psd_metrics
-from simulator.io.records import ignore_ids_from_annotations
 
 VALIDATED_METRICS = ("AP50", "F1", "precision", "recall", "split_rate", "merge_rate", "ECD_rel_bias",
                      "D10_rel_err", "D50_rel_err", "D90_rel_err")
@@ -39,7 +39,6 @@ METRIC_MEANINGS = {
     "D10_rel_err": "relative error of D10 of the counted particles' ECD",
     "D50_rel_err": "relative error of D50 (the size measurand)", "D90_rel_err": "relative error of D90",
 }  # fmt: skip
-CLASSES = ("full", "fragment", "under")
 
 
 def tolerances(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -66,24 +65,6 @@ def parse_tolerances(items: Iterable[str]) -> dict[str, float]:
         if not sep:
             raise ValueError(f"--tolerance {item!r} (expected NAME=VALUE, e.g. F1=0.05)")
     return tolerances(out)
-
-
-# ------------------------------------------------------------------------------------------ what is counted
-
-
-def counted_ignore_ids(annotations: Iterable[Mapping], *, measured_class: str = "full",
-                       max_occluded_fraction: float = 0.5) -> frozenset[int]:
-    """Instance ids to ignore when only ``measured_class`` is measured: every particle of another class or of
-    unknown class (``particle_class`` null), and every one cut by the border. When no annotation has a
-    ``particle_class`` at all, the older rule: cut by the border or hidden beyond ``max_occluded_fraction``.
-
-    (The lead's ``eval.evaluate.counted_ignore_ids`` supersedes this one when it lands; same behaviour.)
-    """
-    annotations = list(annotations)
-    if not any(a.get("particle_class") is not None for a in annotations):
-        return ignore_ids_from_annotations(annotations, max_occluded_fraction=max_occluded_fraction)
-    return frozenset(int(a["instance_id"]) for a in annotations
-                     if a.get("touches_border", False) or a.get("particle_class") != measured_class)
 
 
 # ------------------------------------------------------------------------------------------------- metrics

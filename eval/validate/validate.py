@@ -3,7 +3,7 @@
 Data flow: inputs checked (``check_inputs``: every file problem found before any expensive work) -> synthetic
 images simulated from the config into OUT/synthetic (or a given simulated dataset) -> the model on the real and
 the synthetic images (``eval.evaluate.run_model``), the measured particle class counted
-(``compare.counted_ignore_ids``) -> ``compare.compare_records``: values, differences with a two-sample
+(``eval.evaluate.labelled_images``) -> ``compare.compare_records``: values, differences with a two-sample
 bootstrap over images, verdicts -> along a sweep (optional, ``eval.validate.sweep``): the real images degraded
 post hoc and the config simulated at each testable level, compared the same way -> validation.json and
 validation.html (``eval.validate.report``) in OUT.
@@ -21,14 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.validate.compare import (
-    CLASSES,
-    MetricComparison,
-    compare_records,
-    counted_ignore_ids,
-    image_records,
-    tolerances,
-)
+from eval.validate.compare import MetricComparison, compare_records, image_records, tolerances
+from simulator.classes import CLASSES
 
 
 class InputError(ValueError):
@@ -193,24 +187,17 @@ def counting_rule(folder: Path, cfg: ValidateConfig) -> str:
     """Which particles a dataset's evaluation counts: by class when its annotations carry classes."""
     from simulator.io.reader import read_coco
 
-    if any(a.get("particle_class") is not None for a in read_coco(folder)["annotations"]):
+    if any("particle_class" in a for a in read_coco(folder)["annotations"]):
         return f"particle_class == {cfg.measured_class!r}, not cut by the border"
     return f"no particle classes: not cut by the border, occluded_fraction <= {cfg.max_occluded_fraction:g}"
 
 
 def labelled(folder: Path, cfg: ValidateConfig) -> list:
-    """Every labelled image of a dataset (``eval.evaluate.LabelledImage``) with the ignore ids of the measured
-    class."""
-    from eval.evaluate import LabelledImage
-    from simulator.io.reader import read_dataset
+    """Every labelled image of a dataset (``eval.evaluate.LabelledImage``), the measured class counted."""
+    from eval.evaluate import EvaluateConfig, labelled_images
 
-    dataset = read_dataset(folder).labelled()
-    if not len(dataset):
-        raise InputError(f"{folder}: no image has a label map (expected labels/ and label_file entries)")
-    return [LabelledImage(r.info, r.image, r.labels,
-                          counted_ignore_ids(r.annotations, measured_class=cfg.measured_class,
-                                             max_occluded_fraction=cfg.max_occluded_fraction))
-            for r in dataset]
+    return list(labelled_images(folder, EvaluateConfig(measured_class=cfg.measured_class,
+                                                       max_occluded_fraction=cfg.max_occluded_fraction)))
 
 
 def simulate(source: SyntheticSource, folder: Path, sim_cfg, on_image: Callable[[], None] | None = None) -> None:
