@@ -5,17 +5,64 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import typer
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """A Typer whose commands turn bad input into one line and exit code 2 (``_guarded``)."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(_guarded(fn))
+
+
+def _guarded(fn):
+    """Run a command: a ``UserError`` (bad input) prints ``error: <file>: <what> (expected <what>)`` and exits 2;
+    any other exception is a bug: one line, the traceback in a log file, exit 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from simulator.io.errors import UserError, log_internal_error
+
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+            raise
+        except UserError as err:
+            _fail(str(err))
+        except Exception as err:  # a bug, not bad input: keep the traceback, show one line
+            log = log_internal_error(err)
+            typer.secho(f"error: internal error {type(err).__name__}: {err} (a bug; traceback in {log})",
+                        fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper
+
+
+app = _App(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # help texts show [sweep] and similar literally
+    pretty_exceptions_enable=False,
     help="Synthetic SEM images of aggregated TiO2 particles with exact instance labels.",
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        typer.echo(f"semsynth {metadata.version('semsynth')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
     """Synthetic SEM images of aggregated TiO2 particles with exact instance labels."""
 
 
@@ -43,6 +90,7 @@ def simulate(
     from tqdm import tqdm
 
     from simulator.config import ConfigError
+    from simulator.io.outputs import DATASET, check_output_folder
     from simulator.io.writer import write_dataset
     from simulator.sweep import expand, load_run_config
 
@@ -52,6 +100,8 @@ def simulate(
         _fail(str(err))
     if sweep is None and n is None:
         n = 8
+    if not resume:
+        check_output_folder(out, DATASET, overwrite=overwrite)  # before any work: a refusal costs nothing
     try:
         total = n if sweep is None else len(expand(sweep, cfg)) * sweep.images_per_point
         with tqdm(total=total, unit="img", desc="simulate") as bar:
@@ -126,9 +176,11 @@ def fit(
     from eval.calibrate.fit import dataset_samples, ecd_plot, measure, report_table, simulated_samples
     from eval.calibrate.fit import fit as run_fit
     from simulator.config import ConfigError, SimConfig, config_to_toml, load_config
+    from simulator.io.errors import probe_writable
     from simulator.io.files import atomic_write_bytes
     from simulator.io.reader import read_dataset
 
+    probe_writable(out, folder=False)  # before the calibration rounds
     try:
         base_cfg = load_config(base) if base else SimConfig()
         real_stats = measure(dataset_samples(real))
@@ -261,8 +313,9 @@ def robustness(
     out: Path = typer.Option(..., "--out", help="Output folder; OUT/dataset holds the simulated sweep (reused)."),
     dataset: Path = typer.Option(None, "--dataset", help="Sweep dataset folder to use or create (default "
                                  "OUT/dataset); share it to test several models on the same images."),
-    measurand: str = typer.Option("D50_rel_err", "--measurand", help="Per-image error tested against tau: "
-                                  "D50_rel_err, or 1 - F1 style scores are not errors: use --tau on D50_rel_err."),
+    measurand: str = typer.Option("D50_rel_err", "--measurand", help="Per-image error tested against tau "
+                                  "(|error| <= tau passes): D50_rel_err, the relative error of the median "
+                                  "particle size; scores such as F1 are not errors."),
     tau: float = typer.Option(0.1, "--tau", min=1e-9, help="An image passes when |measurand| <= tau."),
     alpha: float = typer.Option(0.2, "--alpha", min=1e-6, max=0.999999, help="Levels need P(pass) >= 1 - alpha."),
     confidence: float = typer.Option(0.95, "--confidence", min=0.5, max=0.999999,
@@ -401,8 +454,12 @@ def realism(
     from eval.realism.data import load_image_set
     from eval.realism.report import html_summary, summary_plot
     from eval.realism.report import realism as run_realism
+    from simulator.io.errors import check_device
     from simulator.io.files import atomic_write_bytes
+    from simulator.io.outputs import REALISM, check_output_folder, staged_output
 
+    check_device(device, allowed=("cpu", "cuda"))
+    check_output_folder(out, REALISM, overwrite=True)  # before training: replaces only an earlier realism output
     try:
         overrides = {k: v for k, v in (("steps", steps), ("crop_px", crop_px), ("ae_steps", ae_steps)) if v is not None}
         cfg = dataclasses.replace(RealismConfig(), seed=seed, device=device, normalize=normalize, **overrides)
@@ -420,10 +477,10 @@ def realism(
                                                                                 bar.set_postfix(loss=f"{loss:.3f}")))
         except ValueError as err:
             _fail(str(err))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "realism.json", (json.dumps(report.to_json(), indent=1) + "\n").encode())
-    summary_plot(set_a, set_b, report, out / "realism.png")
-    atomic_write_bytes(out / "realism.html", html_summary(report, out / "realism.png").encode())
+    with staged_output(out, REALISM, "realism", overwrite=True) as stage:
+        atomic_write_bytes(stage / "realism.json", (json.dumps(report.to_json(), indent=1) + "\n").encode())
+        summary_plot(set_a, set_b, report, stage / "realism.png")
+        atomic_write_bytes(stage / "realism.html", html_summary(report, stage / "realism.png").encode())
     r = report.c2st
     typer.echo(f"C2ST accuracy {r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}] (0.5 = indistinguishable); "
                f"KID {report.kid:.4g} +- {report.kid_sd:.2g}")
@@ -434,7 +491,7 @@ def realism(
     typer.echo(f"wrote {out / 'realism.json'}, {out / 'realism.html'}")
 
 
-segment_app = typer.Typer(no_args_is_help=True, help="The built-in U-Net instance segmenter.")
+segment_app = _App(no_args_is_help=True, rich_markup_mode=None, help="The built-in U-Net instance segmenter.")
 app.add_typer(segment_app, name="segment")
 
 
@@ -472,7 +529,8 @@ def segment_train(
     typer.echo(f"checkpoint: {out} (evaluate with --model unet:{out})")
 
 
-refine_app = typer.Typer(no_args_is_help=True, help="The learned sim-to-real refiner (labels never move).")
+refine_app = _App(no_args_is_help=True, rich_markup_mode=None,
+                  help="The learned sim-to-real refiner (labels never move).")
 app.add_typer(refine_app, name="refine")
 
 
@@ -533,8 +591,9 @@ def refine_apply(
     input: Path = typer.Option(..., "--input", help="Simulated dataset to refine."),
     out: Path = typer.Option(..., "--out", help="Refined dataset (annotations and labels copied unchanged)."),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="Another generator than RUN/generator.pt."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
-    device: str = typer.Option("auto", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a dataset that semsynth wrote in --out "
+                                   "(only its own files; a folder with anything else is refused)."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (CUDA when available)."),
 ) -> None:
     """Refine every image of a dataset; annotations.json and labels/ stay byte-identical."""
     from refiner.apply import apply

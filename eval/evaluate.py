@@ -23,7 +23,9 @@ from eval.jsonable import to_jsonable
 from eval.metrics.bootstrap import evaluate_predictions
 from eval.metrics.matching import ImageSample, MatchConfig, aggregate_matches, match_image
 from simulator.classes import CLASSES
-from simulator.io.reader import read_dataset, read_manifest
+from simulator.io.errors import UserError
+from simulator.io.outputs import EVALUATION, check_output_folder, staged_output
+from simulator.io.reader import Dataset, read_dataset, read_manifest
 from simulator.io.records import counted_ignore_ids
 
 
@@ -69,13 +71,27 @@ class PredictedImage:
     seconds: float  # model inference time
 
 
-def labelled_images(folder: str | Path, cfg: EvaluateConfig = EvaluateConfig()) -> Iterator[LabelledImage]:
-    """Every image of a dataset that has a label map, with its ignore ids."""
+def usable_images(folder: str | Path, cfg: EvaluateConfig = EvaluateConfig(), model=None) -> Dataset:
+    """The labelled images to evaluate, every check done before any work: the annotations' structure, each
+    image and label map readable and of matching size, pixel sizes, and the model's own input checks (a
+    predictions file must match the dataset's images)."""
     folder = Path(folder)
     dataset = read_dataset(folder).labelled()
     if not len(dataset):
-        raise ValueError(f"{folder}: no image has a label map (labels/); evaluation needs the true instances")
-    for record in dataset[: cfg.limit]:
+        raise UserError(folder / "annotations.json", "no image has a label map (label_file is null everywhere)",
+                        "a labelled dataset: evaluation needs the true instances (labels/)")
+    dataset = dataset[: cfg.limit].checked(need_pixel_size=True)
+    check = getattr(model, "check_images", None)
+    if check is not None:
+        check([dataset.infos[k] for k in dataset.indices])
+    return dataset
+
+
+def labelled_images(folder: str | Path, cfg: EvaluateConfig = EvaluateConfig(), *,
+                    dataset: Dataset | None = None) -> Iterator[LabelledImage]:
+    """Every image of a dataset that has a label map, with its ignore ids (``dataset``: ``usable_images``'s
+    result, to skip the checks already made)."""
+    for record in usable_images(folder, cfg) if dataset is None else dataset:
         yield LabelledImage(record.info, record.image, record.labels,
                             record.ignore_ids(cfg.max_occluded_fraction, cfg.measured_class), record.annotations)
 
@@ -85,7 +101,13 @@ def run_model(model, images, on_image: Callable[[], None] | None = None) -> list
     out = []
     for item in images:
         start = time.perf_counter()
-        pred = model(item.image, float(item.info["pixel_size_nm"]), item.info)
+        try:
+            pred = model(item.image, float(item.info["pixel_size_nm"]), item.info)
+        except Exception as err:
+            if not getattr(model, "external", False):
+                raise  # a built-in model failing is a bug, not bad input
+            raise UserError(model.spec, f"failed on {item.info['file_name']}: {type(err).__name__}: {err}",
+                            "a label map or Prediction of the image's shape") from err
         seconds = time.perf_counter() - start
         if pred.ids.shape != item.true_ids.shape:
             raise ValueError(f"model {model.spec!r} returned shape {pred.ids.shape} for {item.info['file_name']}, "
@@ -174,7 +196,9 @@ def evaluate(dataset: str | Path, model, out_dir: str | Path, cfg: EvaluateConfi
     from simulator.io.files import atomic_write_bytes
 
     dataset, out_dir = Path(dataset), Path(out_dir)
-    predicted = run_model(model, labelled_images(dataset, cfg), on_image)
+    checked = usable_images(dataset, cfg, model)
+    check_output_folder(out_dir, EVALUATION, overwrite=True)  # replaces only an earlier evaluation
+    predicted = run_model(model, labelled_images(dataset, cfg, dataset=checked), on_image)
     start = time.perf_counter()
     result = score(predicted, cfg)
     metrics_s = time.perf_counter() - start
@@ -182,15 +206,17 @@ def evaluate(dataset: str | Path, model, out_dir: str | Path, cfg: EvaluateConfi
     result["timing"] = {"inference_s_total": float(np.sum(inference)),
                         "inference_s_per_image": float(np.mean(inference)), "metrics_s": metrics_s}
     result["provenance"] = provenance(dataset, model, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    html = None
     if report:
         from eval.report.report import evaluation_report
 
         start = time.perf_counter()
         html = evaluation_report(result, predicted, cfg)
         result["timing"]["report_s"] = time.perf_counter() - start
-        atomic_write_bytes(out_dir / "report.html", html.encode())
-    atomic_write_bytes(out_dir / "per_image.csv", per_image_csv(result["images"]).encode())
-    atomic_write_bytes(out_dir / "metrics.json",
-                       (json.dumps(to_jsonable(result), indent=1, allow_nan=False) + "\n").encode())
+    with staged_output(out_dir, EVALUATION, "evaluate", overwrite=True) as stage:  # all files or none
+        if html is not None:
+            atomic_write_bytes(stage / "report.html", html.encode())
+        atomic_write_bytes(stage / "per_image.csv", per_image_csv(result["images"]).encode())
+        atomic_write_bytes(stage / "metrics.json",
+                           (json.dumps(to_jsonable(result), indent=1, allow_nan=False) + "\n").encode())
     return result

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from simulator.io.errors import UserError
 from simulator.io.files import atomic_write_bytes
 
 DeviceName = Literal["cpu", "cuda", "auto"]  # or "cuda:N"
@@ -30,9 +31,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+        raise UserError("device", f"{device!r} is not a device", "cpu, cuda, cuda:N or auto")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise UserError("device", f"{device!r} requested but CUDA is not available on this machine", "cpu or auto")
     return torch.device(device)
 
 

@@ -5,9 +5,10 @@
         OUT/annotations.json      copied byte for byte, as are OUT/labels/*, OUT/records/* and OUT/run.json
         OUT/manifest.json         the refiner (run folder, config, checkpoint SHA-256, step, its fidelity), the
                                   input's manifest, and the input's counts (so ``cli.py check OUT`` passes)
-Every file is written under a temporary name and renamed; the manifest comes last, so a folder with a manifest
-is complete. Each image is refined with its own noise stream (root ``seed``, image index), so the output does
-not depend on the order or the device.
+The whole output is built in a temporary sibling folder and renamed into place at the end (simulator.io.outputs),
+so a failed run leaves no half-written dataset; everything is checked (images, label maps, sizes, the output
+folder) before the first image is refined. Each image is refined with its own noise stream (root ``seed``,
+image index), so the output does not depend on the order or the device.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from eval.training import resolve_device
 from refiner.data import condition_channels
 from refiner.nets import image_noise, refine_array
 from refiner.train import load_generator, sha256_file
+from simulator.io.errors import UserError
 from simulator.io.files import atomic_write_json, package_versions, quantize, write_png
+from simulator.io.outputs import DATASET, check_output_folder, staged_output
 from simulator.io.reader import read_dataset, read_manifest
 
 _COPIED_FILES = ("annotations.json", "run.json")
@@ -42,16 +45,19 @@ def _atomic_copy(src: Path, dst: Path) -> None:
         raise
 
 
-def _prepare_out(out_dir: Path, input_dir: Path, overwrite: bool) -> None:
-    if out_dir.resolve() == input_dir.resolve():
-        raise ValueError(f"out_dir {out_dir} is the input folder; write the refined dataset elsewhere")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir}: not empty; pass overwrite=True (--overwrite) to replace it")
-        if not (out_dir / "annotations.json").exists() and not (out_dir / "manifest.json").exists():
-            raise FileExistsError(f"{out_dir}: not empty and not a dataset; refusing to overwrite it")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def check_inputs(dataset, min_image_px: int, *, conditioned: bool) -> None:
+    """Every image (and, for a conditioned refiner, label map) readable, of its record's size and at least the
+    generator's minimum size: checked before any image is refined (``UserError`` naming the file)."""
+    for k in dataset.indices:
+        info = dataset.infos[k]
+        path = dataset.folder / "images" / info["file_name"]
+        if conditioned and not info.get("label_file"):
+            raise UserError(path, "has no label map, but this refiner is conditioned on labels",
+                            "a dataset simulated with output.label_maps = true")
+        if min(info["height"], info["width"]) < min_image_px:
+            raise UserError(path, f"is {info['width']} x {info['height']} px, smaller than the refiner's receptive "
+                            "field allows", f"images of at least {min_image_px} x {min_image_px} px")
+    dataset.checked(need_pixel_size=False)
 
 
 def apply(
@@ -84,40 +90,40 @@ def apply(
             raise FileNotFoundError(f"{ckpt}: no such checkpoint")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed!r}")
+    if out_dir.resolve() == input_dir.resolve():
+        raise ValueError(f"out_dir {out_dir} is the input folder; write the refined dataset elsewhere")
     dev = resolve_device(device)
     dataset = read_dataset(input_dir, labels=False)
-    if not len(dataset):
-        raise ValueError(f"{input_dir / 'annotations.json'}: no images listed")
     gen, meta = load_generator(ckpt, dev)
     dataset = dataclasses.replace(dataset, labels=gen.cfg.condition)
-    if gen.cfg.condition:
-        missing = [r["file_name"] for r in dataset.infos if not r.get("label_file")]
-        if missing:
-            raise ValueError(f"{input_dir}: images {missing[:3]} have no label map, but this refiner is "
-                             "conditioned on labels (simulate with output.label_maps = true)")
-    _prepare_out(out_dir, input_dir, overwrite)
+    check_inputs(dataset, gen.cfg.min_image_px, conditioned=gen.cfg.condition)
+    check_output_folder(out_dir, DATASET, overwrite=overwrite)
 
-    for name in _COPIED_FILES:
-        if (input_dir / name).exists():
-            _atomic_copy(input_dir / name, out_dir / name)
-    for sub in _COPIED_DIRS:
-        for src in sorted((input_dir / sub).glob("*")) if (input_dir / sub).is_dir() else []:
-            if src.is_file() and not src.name.endswith(".tmp"):
-                _atomic_copy(src, out_dir / sub / src.name)
+    with staged_output(out_dir, DATASET, "refine apply", overwrite=overwrite) as stage:  # all or nothing
+        for name in _COPIED_FILES:
+            if (input_dir / name).exists():
+                _atomic_copy(input_dir / name, stage / name)
+        for sub in _COPIED_DIRS:
+            for src in sorted((input_dir / sub).glob("*")) if (input_dir / sub).is_dir() else []:
+                if src.is_file() and not src.name.endswith(".tmp"):
+                    _atomic_copy(src, stage / sub / src.name)
+        for index, record in enumerate(dataset):
+            image = record.image
+            cond = condition_channels(record.labels) if gen.cfg.condition else None
+            refined = refine_array(gen, image, cond, image_noise(image.shape, seed, index), device=dev)
+            target = stage / "images" / record.file_name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_png(target, quantize(refined, record.bit_depth))
+            if on_image is not None:
+                on_image(record.file_name)
+        manifest = _manifest(run_dir, ckpt, meta, input_dir, seed, len(dataset))
+        atomic_write_json(stage / "manifest.json", manifest)
+    return manifest
 
-    for index, record in enumerate(dataset):
-        image = record.image
-        cond = condition_channels(record.labels) if gen.cfg.condition else None
-        refined = refine_array(gen, image, cond, image_noise(image.shape, seed, index), device=dev)
-        pixels = quantize(refined, record.bit_depth)
-        target = out_dir / "images" / record.file_name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_png(target, pixels)
-        if on_image is not None:
-            on_image(record.file_name)
 
+def _manifest(run_dir: Path, ckpt: Path, meta: dict, input_dir: Path, seed: int, n_images: int) -> dict:
     source_manifest = read_manifest(input_dir)
-    manifest = {
+    return {
         "generator": "semsynth refine apply",
         "format_version": (source_manifest or {}).get("format_version", 1),
         "refiner": {
@@ -132,12 +138,10 @@ def apply(
         "noise_seed": seed,
         "source": str(input_dir.resolve()),
         "source_manifest": source_manifest,
-        "n_images": len(dataset),
+        "n_images": n_images,
         "counts": (source_manifest or {}).get("counts"),
         "packages": {**package_versions(), "torch": _torch_version()},
     }
-    atomic_write_json(out_dir / "manifest.json", manifest)
-    return manifest
 
 
 def _torch_version() -> str:

@@ -139,6 +139,12 @@ class GeneratorConfig:
         return 2 + (N_CONDITION_CHANNELS if self.condition else 0)  # image, noise, [conditioning]
 
     @property
+    def min_image_px(self) -> int:
+        """Smallest image side the generator accepts: its reflect-padded blurs need more pixels than their radius
+        (the texture's high-pass: 9 px)."""
+        return (max(1, round(3 * TEXTURE_HIGHPASS_SIGMA_PX)) if self.texture else 1) + 1
+
+    @property
     def receptive_radius_px(self) -> int:
         """An output pixel depends on input pixels at most this far away (Chebyshev distance)."""
         radius = self.n_layers

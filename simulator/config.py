@@ -377,10 +377,16 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> SimConf
 
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file as nested dicts; a missing file or bad syntax is a ConfigError naming the file."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder (expected a TOML config file, e.g. configs/default.toml)")
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: is not text (binary data) (expected a TOML config file)") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror}) (expected a readable TOML config file)") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
 

@@ -22,6 +22,8 @@ def overlay(image_u8: np.ndarray, instance_id: np.ndarray) -> np.ndarray:
     """Grayscale uint8 image -> BGR with each instance's boundary in a colour of its own."""
     bgr = cv2.cvtColor(image_u8, cv2.COLOR_GRAY2BGR)
     edge = instance_boundaries(instance_id)
+    if not edge.any():  # no particle in view: nothing to draw
+        return bgr
     ids = instance_id[edge].astype(np.int64)
     hue = (ids * 47) % 180
     hsv = np.stack([hue, np.full_like(hue, 220), np.full_like(hue, 255)], axis=1).astype(np.uint8)

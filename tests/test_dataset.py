@@ -97,7 +97,7 @@ def test_refuses_non_empty_output_unless_overwrite(tmp_path, small_cfg):
     other = tmp_path / "precious"
     other.mkdir()
     (other / "thesis.tex").write_text("keep me")
-    with pytest.raises(FileExistsError, match="no manifest.json"):
+    with pytest.raises(FileExistsError, match="not written by semsynth"):
         write_dataset(other, small_cfg, n_images=1, overwrite=True)
     assert (other / "thesis.tex").read_text() == "keep me"
     assert not list(out.rglob("*.tmp"))

@@ -194,6 +194,6 @@ def test_report_opens_in_headless_chromium(dataset, tmp_path):
 
     if find_chromium() is None:
         pytest.skip("no Chromium (apt-get install chromium)")
-    evaluate(dataset, load_model("watershed"), tmp_path, EvaluateConfig(n_resamples=10))
-    assert check_report(tmp_path / "report.html", tmp_path / "report.png") == []
+    evaluate(dataset, load_model("watershed"), tmp_path / "ev", EvaluateConfig(n_resamples=10))
+    assert check_report(tmp_path / "ev" / "report.html", tmp_path / "report.png") == []
     assert (tmp_path / "report.png").stat().st_size > 10_000

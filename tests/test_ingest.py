@@ -70,7 +70,7 @@ def test_flat_folder_with_rgb_png_label_masks_and_bad_files(tmp_path):
     assert check_dataset(tmp_path / "out") == []
 
     (tmp_path / "void").mkdir()
-    with pytest.raises(FileNotFoundError, match="void: no images"):
+    with pytest.raises(FileNotFoundError, match="void: no images found"):
         ingest(tmp_path / "void", tmp_path / "y")
 
 

@@ -27,6 +27,7 @@ from scipy import ndimage
 from eval.calibrate.image_stats import image_statistics
 from simulator.classes import CLASSES, MEASURED_CLASS, instance_classes
 from simulator.config import SimConfig
+from simulator.io.errors import UserError
 from simulator.io.reader import read_dataset
 from simulator.pipeline import as_written, simulate_image
 
@@ -128,8 +129,18 @@ def measure(samples) -> DatasetStats:
 
 def dataset_samples(folder: str | Path):
     """(image, labels, pixel size, measured ids or None) of every labelled image of a dataset folder (ingested
-    or simulated); measured ids: the instances of the measured class when the annotations carry classes."""
-    for record in read_dataset(folder).labelled():
+    or simulated); measured ids: the instances of the measured class when the annotations carry classes.
+
+    The dataset is checked when this is called (``UserError`` naming the file); the images are read lazily."""
+    dataset = read_dataset(folder).labelled()
+    if not len(dataset):
+        raise UserError(Path(folder) / "annotations.json", "no image has a label map (label_file is null "
+                        "everywhere)", "a dataset with masks, e.g. `cli.py ingest SRC` with SRC/masks/")
+    return _samples(dataset.checked(need_pixel_size=True))
+
+
+def _samples(dataset):
+    for record in dataset:
         anns = record.annotations
         measured = ({a["instance_id"] for a in anns if a.get("particle_class") == MEASURED_CLASS}
                     if any("particle_class" in a for a in anns) else None)

@@ -12,6 +12,7 @@ import numpy as np
 
 from eval.data.pixels import normalise, resample
 from eval.data.reference import read_sem_image
+from simulator.io.errors import InputNotFoundError, UserError, existing_folder
 from simulator.io.reader import info_bar_start, read_dataset
 
 
@@ -44,14 +45,13 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
     ``pixel_size_nm``; instrument info bars are removed. Images are scaled to [0, 1] by their bit depth. A
     dataset whose every image has a label map also gives the particle masks (``ImageSet.foreground``).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder")
+    folder = existing_folder(folder, expected="a dataset folder or a folder of SEM images")
     images, names, sizes, masks = [], [], [], []
     if (folder / "annotations.json").is_file():
         dataset = read_dataset(folder, labels=False)
         labelled = all(info.get("label_file") for info in dataset.infos)
-        for record in (dataset if not labelled else read_dataset(folder)):
+        dataset = (dataset if not labelled else read_dataset(folder)).checked(need_pixel_size=pixel_size_nm is None)
+        for record in dataset:
             cropped = record.without_info_bar()
             images.append(cropped.image)
             names.append(record.file_name)
@@ -62,7 +62,10 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
         from eval.data.ingest import find_pairs
 
         for path, _ in find_pairs(folder):
-            pixels, meta_px, dtype = read_sem_image(path)
+            try:
+                pixels, meta_px, dtype = read_sem_image(path)
+            except Exception as err:  # tifffile and OpenCV raise many kinds: name the file
+                raise UserError(path, f"is not a readable image ({err})", "a TIFF or PNG SEM image") from None
             rows = info_bar_start(pixels)
             image = pixels[:rows].astype(np.float32)
             top = float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else max(float(image.max()), 1e-12)
@@ -70,10 +73,11 @@ def load_image_set(folder: str | Path, *, pixel_size_nm: float | None = None) ->
             names.append(path.name)
             sizes.append(float(meta_px or pixel_size_nm or np.nan))
     if not images:
-        raise FileNotFoundError(f"{folder}: no images found")
+        raise InputNotFoundError(folder, "no images found", "a dataset folder or TIFF/PNG SEM images")
     missing = [n for n, s in zip(names, sizes, strict=True) if not np.isfinite(s)]
     if missing:
-        raise ValueError(f"{folder}: no pixel size for {missing[:3]} (pass --pixel-size-nm)")
+        raise UserError(folder, f"no pixel size for {missing[:3]}", "a pixel size in the metadata, or "
+                        "--pixel-size-nm")
     target = float(np.median(sizes))
     images = [resample(im, s / target, upsample="cubic", tolerance=1e-3) for im, s in zip(images, sizes, strict=True)]
     foreground = None

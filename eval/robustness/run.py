@@ -23,8 +23,11 @@ import numpy as np
 from eval.evaluate import EvaluateConfig, labelled_images, per_image_csv, provenance, run_model, score
 from eval.jsonable import to_jsonable
 from eval.robustness.rows import RangeCriterion, ResultRow
+from simulator.io.errors import UserError
+from simulator.io.outputs import ROBUSTNESS, check_output_folder, write_marker
 
 HIGHER_IS_BETTER = ("F1", "PQ", "DSC", "AP50", "D50_score")
+ERROR_MEASURANDS = ("D50_rel_err",)  # per-image errors (image_measurands) that a pass/fail criterion can bound
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +40,9 @@ class RobustnessConfig:
     workers: int = 1
 
     def __post_init__(self):
+        if self.criterion.measurand not in ERROR_MEASURANDS:
+            raise UserError("measurand", f"{self.criterion.measurand!r} is not a per-image error",
+                            f"one of {', '.join(ERROR_MEASURANDS)} (an image passes when |error| <= tau)")
         if self.robustness_metric not in HIGHER_IS_BETTER:
             raise ValueError(f"robustness_metric must be one of {HIGHER_IS_BETTER}, got {self.robustness_metric!r}")
 
@@ -143,6 +149,10 @@ def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: Robustne
         raise ValueError(f"{sweep_toml}: no [sweep] section; robustness needs a sweep (docs/scaling.md)")
     n_images = len(expand(sweep, sim_cfg)) * sweep.images_per_point
     dataset_dir = out_dir / "dataset" if dataset_dir is None else Path(dataset_dir)
+    # before simulating: OUT may only hold an earlier robustness output (its dataset/ is reused, not deleted)
+    check_output_folder(out_dir, ROBUSTNESS, overwrite=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(out_dir, ROBUSTNESS, "robustness")
     timing = {}
     start = time.perf_counter()
     progress = on_stage("simulate", n_images) if on_stage else None
@@ -171,7 +181,6 @@ def robustness(sweep_toml: str | Path, model, out_dir: str | Path, cfg: Robustne
         "validation": validation,
     }
     result["provenance"]["sweep_toml"] = sweep_toml.read_text()
-    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     from eval.report.report import robustness_report
 

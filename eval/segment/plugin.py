@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from eval.segment.interface import Prediction, as_prediction
+from simulator.io.errors import UserError
 
 
 # ------------------------------------------------------------------------------------------ python plug-ins
@@ -53,9 +54,21 @@ class PluginModel:
     returning a label map or a Prediction. It gets ``image_info`` if it has a parameter of that name (or
     ``**kwargs``); ``options`` given to ``load_model`` are passed as keyword arguments on every call."""
 
+    external = True  # user code: its failures are reported as bad input, naming the plug-in
+
     def __init__(self, fn: Callable, spec: str, options: dict):
         self.fn, self.spec, self.options = fn, spec, dict(options)
         self.wants_info = _accepts_image_info(fn)
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):
+            return  # builtins without a signature: checked when called
+        kwargs = {**self.options, **({"image_info": None} if self.wants_info else {})}
+        try:
+            signature.bind(np.zeros((1, 1), np.float32), 1.0, **kwargs)
+        except TypeError as err:
+            raise UserError(spec, f"the callable takes {signature} ({err})",
+                            "fn(image, pixel_size_nm[, image_info=None], **options)") from None
 
     def __call__(self, image: np.ndarray, pixel_size_nm: float, image_info: Mapping | None = None) -> Prediction:
         kwargs = dict(self.options)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from eval.segment.interface import Prediction, relabel_sequential
+from simulator.io.errors import UserError
 
 
 # ------------------------------------------------------------------------------------ external predictions
@@ -75,6 +76,8 @@ class CocoPredictionsModel:
     its image ids may differ from the dataset's). An image without entries is predicted empty.
     """
 
+    external = True  # user data: its failures are bad input, reported as such
+
     def __init__(self, path: Path, cfg: PredictionsConfig, spec: str):
         self.path, self.cfg, self.spec = path, cfg, spec
         try:
@@ -107,6 +110,22 @@ class CocoPredictionsModel:
                 raise ValueError(f"{spec}: {path} entry {i} refers to image_id {entry['image_id']!r}, "
                                  "which is not in its 'images'")
             self.by_image.setdefault(key, []).append(entry)
+        if not entries:
+            raise UserError(path, "holds no predictions (an empty list)", "COCO mask results, one entry per "
+                            "predicted instance: [{image_id, segmentation, score, category_id}, ...]")
+
+    def check_images(self, images: list[Mapping]) -> None:
+        """Refuse a predictions file that matches none of the images to evaluate (it would score 0 in silence):
+        ids of another dataset, or ids of another type (the string "1" is not the image id 1)."""
+        dataset_keys = [im.get(self.key) for im in images]
+        if self.by_image and not set(self.by_image) & set(dataset_keys):
+            theirs = sorted(map(repr, self.by_image))[:3]
+            ours = [repr(k) for k in dataset_keys[:3]]
+            kinds = {type(k).__name__ for k in self.by_image} - {type(k).__name__ for k in dataset_keys}
+            hint = f"; its image_id values are {'/'.join(sorted(kinds))}" if kinds and self.key == "id" else ""
+            raise UserError(self.path, f"no prediction matches an image of the dataset: it refers to {self.key} "
+                            f"{', '.join(theirs)}, the dataset has {', '.join(ours)}{hint}",
+                            f"predictions whose image {self.key} values are the dataset's")
 
     @property
     def image_keys(self) -> set:

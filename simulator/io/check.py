@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from simulator.io.errors import InputNotFoundError, UserError, existing_folder, read_json
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ANNOTATION_KEYS = {"id": int, "image_id": int, "category_id": int, "segmentation": dict, "area": int,
                     "bbox": list, "iscrowd": int}
@@ -56,27 +58,6 @@ def _typed(record: dict, keys: dict[str, type], where: str) -> list[str]:
     return out
 
 
-def _check_image_files(root: Path, image: dict, problems: list[str]) -> None:
-    path = root / "images" / image["file_name"]
-    if not path.exists():
-        problems.append(f"{path}: missing image (listed as image id {image['id']})")
-        return
-    bad = png_problem(path)
-    if bad:
-        problems.append(bad)
-        return
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if pixels is None or pixels.shape[:2] != (image["height"], image["width"]):
-        shape = None if pixels is None else pixels.shape
-        problems.append(f"{path}: size {shape} does not match annotations.json ({image['height']}, {image['width']})")
-    label = image.get("label_file")
-    if label:
-        lpath = root / label
-        bad = png_problem(lpath) if lpath.exists() else f"{lpath}: missing label map"
-        if bad:
-            problems.append(bad)
-
-
 def _check_annotation(ann: dict, images: dict[int, dict], where: str, problems: list[str]) -> None:
     found = _typed(ann, _ANNOTATION_KEYS, where)
     if found:
@@ -105,6 +86,87 @@ def _check_annotation(ann: dict, images: dict[int, dict], where: str, problems: 
             problems.append(f"{where}: area {ann['area']} != {int(mask.sum())} pixels in its mask")
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def coco_structure_errors(coco, path: Path, *, need_pixel_size: bool = True) -> list[UserError]:
+    """What makes an annotations.json unusable by evaluate, realism, refine and fit: the top level, the image
+    records (id, file_name, width, height, pixel_size_nm > 0, label_file) and the annotations list."""
+    if not isinstance(coco, dict):
+        return [UserError(path, f"top level is {type(coco).__name__}", "a COCO object with 'images', "
+                          "'annotations' and 'categories' lists")]
+    errors = [UserError(path, f"top-level {key!r} is {type(coco.get(key)).__name__}", f"{key!r} a list")
+              for key in ("images", "annotations", "categories") if not isinstance(coco.get(key), list)]
+    if not isinstance(coco.get("images"), list):
+        return errors
+    if not coco["images"]:
+        errors.append(UserError(path, "lists no images", "at least one image record"))
+    for k, image in enumerate(coco["images"]):
+        where = f"{path} images[{k}]"
+        if not isinstance(image, dict):
+            errors.append(UserError(where, f"is {type(image).__name__}", "an image record (object)"))
+            continue
+        for key, kind in _IMAGE_KEYS.items():
+            if key not in image:
+                errors.append(UserError(where, f"missing key {key!r}", f"{key!r} ({kind.__name__})"))
+            elif not isinstance(image[key], kind) or isinstance(image[key], bool):
+                errors.append(UserError(where, f"{key} is {image[key]!r}", f"a {kind.__name__}"))
+        px = image.get("pixel_size_nm")
+        if (need_pixel_size or px is not None) and not (_is_number(px) and px > 0):
+            what = "missing key 'pixel_size_nm'" if "pixel_size_nm" not in image else f"pixel_size_nm is {px!r}"
+            errors.append(UserError(where, what, "pixel_size_nm, a number > 0 (nm per pixel)"))
+        if image.get("label_file") is not None and not isinstance(image["label_file"], str):
+            errors.append(UserError(where, f"label_file is {image['label_file']!r}", "a path (labels/...) or null"))
+    return errors
+
+
+def read_annotations(root: str | Path, *, need_pixel_size: bool = True) -> dict:
+    """The dataset's annotations.json, checked for the structure every reader needs (``UserError`` otherwise)."""
+    root = existing_folder(root, expected="a dataset folder (images/ + annotations.json)")
+    path = root / "annotations.json"
+    if not path.is_file():
+        raise InputNotFoundError(path, "missing", "a dataset folder written by simulate or ingest")
+    coco = read_json(path, expected="a COCO annotations file")
+    errors = coco_structure_errors(coco, path, need_pixel_size=need_pixel_size)
+    if errors:
+        raise errors[0]
+    return coco
+
+
+def image_file_errors(root: Path, image: dict) -> list[UserError]:
+    """What makes one image record's files unusable: the image missing, unreadable, not 8/16-bit grayscale or
+    not of the record's size; its label map missing, unreadable or not of the image's size (the one reader
+    needs both)."""
+    path = root / "images" / image["file_name"]
+    expected = f"an 8- or 16-bit grayscale PNG of {image['height']} x {image['width']} px"
+    if not path.is_file():
+        return [UserError(path, f"missing (listed as image id {image['id']})", expected)]
+    bad = png_problem(path)
+    if bad:
+        return [UserError(path, bad.split(": ", 1)[1], expected)]
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        got = "unreadable" if pixels is None else f"{pixels.dtype} of shape {pixels.shape}"
+        return [UserError(path, f"is {got}", expected)]
+    errors = []
+    if pixels.shape != (image["height"], image["width"]):
+        errors.append(UserError(path, f"size {pixels.shape} does not match annotations.json", expected))
+    label = image.get("label_file")
+    if label:
+        lpath = root / label
+        lexpected = f"a 16-bit label map PNG of the image's size {pixels.shape}"
+        bad = png_problem(lpath) if lpath.exists() else "missing label map"
+        if bad:
+            errors.append(UserError(lpath, bad.split(": ", 1)[-1], lexpected))
+            return errors
+        labels = cv2.imread(str(lpath), cv2.IMREAD_UNCHANGED)
+        if labels is None or labels.shape != pixels.shape:
+            got = "unreadable" if labels is None else f"of shape {labels.shape}"
+            errors.append(UserError(lpath, f"is {got}", lexpected))
+    return errors
+
+
 def check_dataset(root: str | Path) -> list[str]:
     """Every problem found in a dataset folder (empty when it is whole and consistent)."""
     root = Path(root)
@@ -122,28 +184,26 @@ def check_dataset(root: str | Path) -> list[str]:
         coco = json.loads((root / "annotations.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return [*problems, f"{root / 'annotations.json'}: not valid JSON ({err})"]
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            problems.append(f"{root / 'annotations.json'}: top-level {key!r} must be a list")
-    if problems and not isinstance(coco.get("images"), list):
+    structure = coco_structure_errors(coco, root / "annotations.json")
+    problems += [str(err) for err in structure]
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         return problems
     images: dict[int, dict] = {}
     for k, image in enumerate(coco["images"]):
         where = f"annotations.json images[{k}]"
-        found = _typed(image, _IMAGE_KEYS, where)
-        if found:
-            problems += found
-            continue
+        if not isinstance(image, dict) or _typed(image, _IMAGE_KEYS, where):
+            continue  # reported above
         if image["id"] in images:
             problems.append(f"{where}: duplicate image id {image['id']}")
         images[image["id"]] = image
-        _check_image_files(root, image, problems)
+        problems += [str(err) for err in image_file_errors(root, image)]
     ids = set()
-    for k, ann in enumerate(coco.get("annotations") or []):
-        where = f"annotations.json annotations[{k}] (id {ann.get('id')!r})"
+    annotations = coco.get("annotations") if isinstance(coco.get("annotations"), list) else []
+    for k, ann in enumerate(annotations):
         if not isinstance(ann, dict):
-            problems.append(f"{where}: must be an object, got {ann!r}")
+            problems.append(f"annotations.json annotations[{k}]: must be an object, got {str(ann)[:80]}")
             continue
+        where = f"annotations.json annotations[{k}] (id {ann.get('id')!r})"
         if ann.get("id") in ids:
             problems.append(f"{where}: duplicate annotation id")
         ids.add(ann.get("id"))

@@ -5,14 +5,13 @@
            disk when it is accessed, so iterating is lazy and ``list(dataset)`` is eager)
         -> ImageRecord (image, labels, pixel_size_nm, annotations, ignore ids, info bar rows)
 
-The info bar is handled here and only here: ``info_bar_start`` finds it (rows mostly exact black at the bottom),
+The info bar is handled here and only here: ``info_bar_start`` finds it by its layout (a black block at the bottom),
 ``ImageRecord.content_rows`` is its first row and ``ImageRecord.without_info_bar()`` drops it. Ingested
 datasets have it removed already; simulated ones keep it in the image, with label 0 below the particles.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,20 +20,33 @@ from typing import Any, overload
 import cv2
 import numpy as np
 
+from simulator.io.check import image_file_errors, read_annotations
+from simulator.io.errors import UserError, read_json
 from simulator.io.files import read_png
 from simulator.io.records import counted_ignore_ids
 
 
-def info_bar_start(image: np.ndarray, min_zero_fraction: float = 0.5) -> int:
-    """First row of the instrument info bar at the bottom (rows mostly exact black), or the height if none.
+def info_bar_start(image: np.ndarray, min_zero_fraction: float = 0.5, max_bar_fraction: float = 0.25) -> int:
+    """First row of the instrument info bar at the bottom, or the height if there is none.
 
-    Only the bottom quarter is searched: an SEM image row is almost never half exact zeros.
+    The bar is found by its layout: one block of rows that are mostly exact black (text and scale bar aside),
+    reaching the bottom edge (up to a thin frame of 1 % of the height, at least 2 rows, below it) and no taller
+    than ``max_bar_fraction`` of the image. A dark band inside the image, with image rows below it, is not a bar
+    (the BAM Zeiss images: 1024 x 768 px, bar in rows 712-765 above a 2-row frame, image = the first 712 rows).
     """
-    zero_fraction = (image == 0).mean(axis=1)
-    start = image.shape[0]
-    for row in range(image.shape[0] - 1, int(image.shape[0] * 0.75), -1):
-        if zero_fraction[row] >= min_zero_fraction:
-            start = row
+    height = image.shape[0]
+    if height == 0:
+        return 0
+    dark = (image == 0).mean(axis=tuple(range(1, image.ndim))) >= min_zero_fraction
+    frame = max(2, height // 100)
+    bottom = next((row for row in range(height - 1, max(height - 1 - frame, -1), -1) if dark[row]), None)
+    if bottom is None:
+        return height
+    start = bottom
+    while start > 0 and dark[start - 1]:
+        start -= 1
+    if height - start > max_bar_fraction * height:  # too tall for a bar: a dark image, not a layout
+        return height
     return start
 
 
@@ -90,16 +102,10 @@ class ImageRecord:
         return {int(a["instance_id"]): int(a["category_id"]) for a in self.annotations if "instance_id" in a}
 
 
-def read_coco(folder: Path) -> dict:
-    """DIR/annotations.json, with a clear error when the folder is not a dataset."""
-    path = Path(folder) / "annotations.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder}: no annotations.json (expected a semsynth dataset folder: images/ + "
-                                "annotations.json, e.g. written by `cli.py simulate` or `cli.py ingest`)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+def read_coco(folder: Path, *, need_pixel_size: bool = False) -> dict:
+    """DIR/annotations.json, checked for the structure every reader needs (``simulator.io.check``): a missing,
+    malformed or misshapen file is a ``UserError`` naming it."""
+    return read_annotations(folder, need_pixel_size=need_pixel_size)
 
 
 def read_label_map(folder: Path, info: Mapping[str, Any], shape: tuple[int, ...]) -> np.ndarray:
@@ -154,15 +160,29 @@ class Dataset(Sequence[ImageRecord]):
         """Only the images that have a label map."""
         return replace(self, indices=tuple(k for k in self.indices if self.infos[k].get("label_file")))
 
+    def checked(self, *, need_pixel_size: bool = True) -> Dataset:
+        """This sequence, after checking every image's files (readable, grayscale, of the record's size; label
+        maps of the image's size) and pixel size: the first problem is a ``UserError`` naming the file. Costs a
+        decode of every image: callers run it before expensive work, so that bad input fails at once."""
+        for k in self.indices:
+            info = self.infos[k]
+            errors = image_file_errors(self.folder, info) if self.labels else image_file_errors(
+                self.folder, {**info, "label_file": None})
+            if errors:
+                raise errors[0]
+            px = info.get("pixel_size_nm")
+            if need_pixel_size and not (isinstance(px, int | float) and px > 0):
+                raise UserError(self.folder / "annotations.json", f"image {info['file_name']!r} has pixel_size_nm "
+                                f"{px!r}", "a number > 0 (nm per pixel)")
+        return self
+
 
 def read_dataset(folder: str | Path, *, labels: bool = True) -> Dataset:
     """Every image of a dataset folder (simulated, ingested or refined), read lazily; with ``labels`` the label
     maps too (where an image has one; ``Dataset.labelled()`` keeps only those)."""
     folder = Path(folder)
     coco = read_coco(folder)
-    images = coco.get("images")
-    if not isinstance(images, list):
-        raise ValueError(f"{folder / 'annotations.json'}: no images listed")
+    images = coco["images"]
     by_image: dict[int, list[Mapping[str, Any]]] = {}
     for ann in coco.get("annotations", []):
         by_image.setdefault(ann["image_id"], []).append(ann)
@@ -173,4 +193,4 @@ def read_dataset(folder: str | Path, *, labels: bool = True) -> Dataset:
 def read_manifest(folder: str | Path) -> dict | None:
     """DIR/manifest.json (how a simulated dataset was made), or None when absent."""
     path = Path(folder) / "manifest.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, expected="the dataset's manifest (JSON)") if path.is_file() else None

@@ -31,6 +31,7 @@ import numpy as np
 
 from simulator.config import SimConfig, config_hash, config_to_dict
 from simulator.io.files import _FILE_MODE, atomic_write_json, package_versions, quantize, write_png
+from simulator.io.outputs import DATASET, prepare_output_folder, write_marker
 from simulator.io.records import CATEGORY, FORMAT_VERSION, image_records
 from simulator.pipeline import simulate_image
 from simulator.sweep import SweepSpec, expand
@@ -72,21 +73,10 @@ def generate_one(job: Job) -> int:
     return job.index
 
 
-def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create ``out_dir``; refuse a non-empty one unless ``overwrite`` and it holds a semsynth dataset."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{out_dir} is not empty; pass --overwrite to replace the dataset in it, or --resume to finish it"
-            )
-        if not (out_dir / "manifest.json").exists() and not (out_dir / "run.json").exists():
-            raise FileExistsError(
-                f"{out_dir} is not empty and holds no semsynth dataset (no manifest.json or run.json); "
-                "refusing to delete it: choose another folder or empty it yourself"
-            )
-        shutil.rmtree(out_dir)
+def prepare_output_dir(out_dir: Path, overwrite: bool, command: str = "simulate") -> None:
+    """Create ``out_dir`` for a dataset; a non-empty one is replaced only with ``overwrite`` and only when a
+    semsynth command wrote it, and then only the entries a dataset owns are deleted (``simulator.io.outputs``)."""
+    prepare_output_folder(out_dir, DATASET, command, overwrite=overwrite)
     for sub in ("images", "labels", "records"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -240,6 +230,7 @@ def write_dataset(
                 "differ); resume it with the same arguments, or pass --overwrite"
             )
         _remove_partial_files(out_dir)
+        write_marker(out_dir, DATASET, "simulate")  # also into a folder written before markers existed
         done = {p.stem for p in (out_dir / "records").glob("*.json")}
         jobs = [job for job in jobs if f"{job.index:06d}" not in done]
         for _ in range(n_images - len(jobs)):
