@@ -583,3 +583,50 @@ def test_overwrite_replaces_own_output_and_keeps_nothing_foreign(tmp_path, datas
     markers = list(out.glob(".semsynth*"))
     assert len(markers) == 1 and json.loads(markers[0].read_text())["kind"]
     del ingest
+
+
+PARENT = """
+import sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+sys.path.insert(0, {root!r})
+from simulator.io.writer import die_with_parent
+
+def pid(_):
+    import os
+    return os.getpid()
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(2, mp_context=get_context("spawn"), initializer=die_with_parent,
+                               initargs=(0.1,))
+    print(*sorted(set(pool.map(pid, range(8)))), flush=True)
+    time.sleep(60)
+"""
+
+
+def test_workers_die_with_the_main_process(tmp_path):
+    """kill -9 of the main process alone (no chance to stop its pool): the workers exit within seconds (without
+    ``die_with_parent`` they live on)."""
+    import signal
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT.format(root=str(ROOT)))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert workers
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in workers if _running(p)]
+    assert not alive, f"workers {alive} outlived the main process"
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

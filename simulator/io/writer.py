@@ -20,6 +20,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -89,12 +91,28 @@ def _remove_partial_files(out_dir: Path) -> int:
     return len(stray)
 
 
-def _single_threaded() -> None:
-    """Worker processes share the cores: OpenCV's own thread pool would only oversubscribe them.
+def die_with_parent(poll_s: float = 1.0) -> None:
+    """Exit this process as soon as the process that started it is gone (even after ``kill -9``, which gives
+    the parent no chance to stop its workers): a daemon thread polls the parent's pid, which changes when the
+    orphan is re-parented. Portable, and unlike Linux's PR_SET_PDEATHSIG not tied to the thread that spawned us."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _worker_init() -> None:
+    """Worker processes share the cores: OpenCV's own thread pool would only oversubscribe them; and they die
+    with the main process.
 
     Workers are spawned, not forked: forking a parent whose OpenCV, BLAS or numba threads hold locks can
     deadlock the child."""
     cv2.setNumThreads(1)
+    die_with_parent()
 
 
 def _run_jobs(jobs: list[Job], workers: int, executor: str, scheduler: str | None) -> Iterator[int]:
@@ -111,7 +129,7 @@ def _run_jobs(jobs: list[Job], workers: int, executor: str, scheduler: str | Non
         yield from map(generate_one, jobs)
         return
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_single_threaded
+        max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init
     ) as pool:
         yield from pool.map(generate_one, jobs, chunksize=1)
 
