@@ -54,10 +54,16 @@ def check_inputs(dataset, min_image_px: int, *, conditioned: bool) -> None:
         if conditioned and not info.get("label_file"):
             raise UserError(path, "has no label map, but this refiner is conditioned on labels",
                             "a dataset simulated with output.label_maps = true")
-        if min(info["height"], info["width"]) < min_image_px:
-            raise UserError(path, f"is {info['width']} x {info['height']} px, smaller than the refiner's receptive "
-                            "field allows", f"images of at least {min_image_px} x {min_image_px} px")
     dataset.checked(need_pixel_size=False)
+    for position, k in enumerate(dataset.indices):
+        info = dataset.infos[k]
+        height, width = info.get("height"), info.get("width")
+        if height is None or width is None:
+            height, width = dataset[position].image.shape
+        if min(height, width) < min_image_px:
+            raise UserError(dataset.folder / "images" / info["file_name"], f"is {width} x {height} px, smaller than "
+                            "the refiner's receptive field allows", f"images of at least {min_image_px} x "
+                            f"{min_image_px} px")
 
 
 def apply(

@@ -90,14 +90,20 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def coco_structure_errors(coco, path: Path, *, need_pixel_size: bool = True) -> list[UserError]:
+def coco_structure_errors(coco, path: Path, *, need_pixel_size: bool = True, strict: bool = False) -> list[UserError]:
     """What makes an annotations.json unusable by evaluate, realism, refine and fit: the top level, the image
-    records (id, file_name, width, height, pixel_size_nm > 0, label_file) and the annotations list."""
+    records (id, file_name, width, height, pixel_size_nm > 0, label_file) and the annotations list when present
+    (``strict``, as ``check_dataset``: every image key of the format, and 'annotations' and 'categories')."""
     if not isinstance(coco, dict):
         return [UserError(path, f"top level is {type(coco).__name__}", "a COCO object with 'images', "
                           "'annotations' and 'categories' lists")]
-    errors = [UserError(path, f"top-level {key!r} is {type(coco.get(key)).__name__}", f"{key!r} a list")
-              for key in ("images", "annotations", "categories") if not isinstance(coco.get(key), list)]
+    errors = []
+    if not isinstance(coco.get("images"), list):
+        errors.append(UserError(path, f"top-level 'images' is {type(coco.get('images')).__name__}",
+                                "'images' a list of image records"))
+    if "annotations" in coco and not isinstance(coco["annotations"], list):
+        errors.append(UserError(path, f"top-level 'annotations' is {type(coco['annotations']).__name__}",
+                                "'annotations' a list"))
     if not isinstance(coco.get("images"), list):
         return errors
     if not coco["images"]:
@@ -109,7 +115,8 @@ def coco_structure_errors(coco, path: Path, *, need_pixel_size: bool = True) -> 
             continue
         for key, kind in _IMAGE_KEYS.items():
             if key not in image:
-                errors.append(UserError(where, f"missing key {key!r}", f"{key!r} ({kind.__name__})"))
+                if strict or key == "file_name":
+                    errors.append(UserError(where, f"missing key {key!r}", f"{key!r} ({kind.__name__})"))
             elif not isinstance(image[key], kind) or isinstance(image[key], bool):
                 errors.append(UserError(where, f"{key} is {image[key]!r}", f"a {kind.__name__}"))
         px = image.get("pixel_size_nm")
@@ -139,9 +146,10 @@ def image_file_errors(root: Path, image: dict) -> list[UserError]:
     not of the record's size; its label map missing, unreadable or not of the image's size (the one reader
     needs both)."""
     path = root / "images" / image["file_name"]
-    expected = f"an 8- or 16-bit grayscale PNG of {image['height']} x {image['width']} px"
+    size = (image.get("height"), image.get("width"))
+    expected = "an 8- or 16-bit grayscale PNG" + (f" of {size[0]} x {size[1]} px" if None not in size else "")
     if not path.is_file():
-        return [UserError(path, f"missing (listed as image id {image['id']})", expected)]
+        return [UserError(path, f"missing image (listed as image id {image.get('id')})", expected)]
     bad = png_problem(path)
     if bad:
         return [UserError(path, bad.split(": ", 1)[1], expected)]
@@ -150,7 +158,7 @@ def image_file_errors(root: Path, image: dict) -> list[UserError]:
         got = "unreadable" if pixels is None else f"{pixels.dtype} of shape {pixels.shape}"
         return [UserError(path, f"is {got}", expected)]
     errors = []
-    if pixels.shape != (image["height"], image["width"]):
+    if None not in size and pixels.shape != size:
         errors.append(UserError(path, f"size {pixels.shape} does not match annotations.json", expected))
     label = image.get("label_file")
     if label:
@@ -184,7 +192,10 @@ def check_dataset(root: str | Path) -> list[str]:
         coco = json.loads((root / "annotations.json").read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return [*problems, f"{root / 'annotations.json'}: not valid JSON ({err})"]
-    structure = coco_structure_errors(coco, root / "annotations.json")
+    structure = coco_structure_errors(coco, root / "annotations.json", strict=True)
+    if isinstance(coco, dict):  # readers need images (and annotations when present); a whole dataset has all three
+        structure += [UserError(root / "annotations.json", f"top-level {key!r} is {type(coco.get(key)).__name__}",
+                                f"{key!r} a list") for key in ("annotations", "categories") if key not in coco]
     problems += [str(err) for err in structure]
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         return problems
