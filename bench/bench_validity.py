@@ -44,6 +44,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from simulator.io.reader import read_coco, read_dataset  # noqa: E402
+
 METRICS = ("AP50", "F1", "precision", "recall", "split_rate", "merge_rate", "D50_rel_err")
 TOLERANCE = {"F1": 0.05, "split_rate": 0.03, "merge_rate": 0.05, "D50_rel_err": 0.05}  # issue 20; others 0.05
 N_FOLDS, FOLD_SIZE = 4, 5
@@ -80,7 +82,7 @@ def ingest_subset(reference: Path, names: list[str], out: Path) -> Path:
 def subset_dataset(src: Path, sources: list[str], out: Path) -> Path:
     """A dataset of the images of ``src`` (ingested) whose source file stem is in ``sources``: symlinked
     pixels and labels, annotations filtered (ids unchanged). Used where the reference folder is not at hand."""
-    coco = json.loads((src / "annotations.json").read_text())
+    coco = read_coco(src)
     images = [im for im in coco["images"] if Path(im["source"]).stem in sources]
     if len(images) != len(sources):
         raise SystemExit(f"{src}: found {len(images)} of the images {sources}")
@@ -100,11 +102,11 @@ def subset_dataset(src: Path, sources: list[str], out: Path) -> Path:
 
 def class_targets(real_dir: Path, pixel_size_nm: float) -> tuple[dict[str, float], float]:
     """Class shares among classified real particles and the median visible area of real fragments (nm^2)."""
-    coco = json.loads((real_dir / "annotations.json").read_text())
-    classes = [a.get("particle_class") for a in coco["annotations"]]
+    annotations = [a for anns in read_dataset(real_dir, labels=False).annotations.values() for a in anns]
+    classes = [a.get("particle_class") for a in annotations]
     known = [c for c in classes if c]
     shares = {c: known.count(c) / len(known) for c in ("full", "fragment", "under")}
-    frag = [a["area"] for a in coco["annotations"] if a.get("particle_class") == "fragment"]
+    frag = [a["area"] for a in annotations if a.get("particle_class") == "fragment"]
     return shares, float(np.median(frag)) * pixel_size_nm**2
 
 
@@ -114,7 +116,7 @@ def fitted_classes(cfg, syn_train: Path, real_train: Path):
     from simulator.classes import fit_thresholds
 
     px = cfg.image.pixel_size_nm
-    anns = json.loads((syn_train / "annotations.json").read_text())["annotations"]
+    anns = [a for per_image in read_dataset(syn_train, labels=False).annotations.values() for a in per_image]
     occ = np.array([a["occluded_fraction"] for a in anns])
     area = np.array([a["area"] for a in anns]) * px**2
     shares, frag_area = class_targets(real_train, px)
@@ -261,8 +263,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if args.real_dataset is not None:
-        coco = json.loads((args.real_dataset / "annotations.json").read_text())
-        names = sorted(Path(im["source"]).stem for im in coco["images"])
+        names = sorted(Path(info["source"]).stem for info in read_coco(args.real_dataset)["images"])
     else:
         names = sorted(p.stem for p in (args.reference / "SEM").glob("*.tif"))
     if len(names) != N_FOLDS * FOLD_SIZE:

@@ -23,6 +23,8 @@ import numpy as np
 
 from eval.validate.compare import MetricComparison, compare_records, image_records, tolerances
 from simulator.classes import CLASSES
+from simulator.io.errors import UserError
+from simulator.io.reader import read_coco
 
 
 class InputError(ValueError):
@@ -90,10 +92,10 @@ def check_dataset(folder: Path, role: str) -> DatasetCheck:
     if not path.is_file():
         raise InputError(f"{path}: missing (expected {layout})")
     try:
-        coco = json.loads(path.read_text())
-        images = [im for im in coco["images"] if im.get("label_file")]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise InputError(f"{path}: not a COCO annotation file ({err}) (expected {layout})") from None
+        coco = read_coco(folder)
+    except UserError as err:
+        raise InputError(str(err)) from None
+    images = [im for im in coco["images"] if im.get("label_file")]
     if not images:
         raise InputError(f"{path}: no image has a label map (expected {role} images with masks: label_file entries, "
                          "e.g. cli.py ingest of images with masks)")
@@ -185,8 +187,6 @@ def check_inputs(real: Path, out: Path, *, config: Path | None = None, n: int = 
 
 def counting_rule(folder: Path, cfg: ValidateConfig) -> str:
     """Which particles a dataset's evaluation counts: by class when its annotations carry classes."""
-    from simulator.io.reader import read_coco
-
     if any("particle_class" in a for a in read_coco(folder)["annotations"]):
         return f"particle_class == {cfg.measured_class!r}, not cut by the border"
     return f"no particle classes: not cut by the border, occluded_fraction <= {cfg.max_occluded_fraction:g}"
