@@ -608,6 +608,73 @@ def refine_apply(
         _fail(str(err))
     typer.echo(f"refined {(manifest.get('counts') or {}).get('images', n)} images into {out}/")
 
+appearance_app = typer.Typer(no_args_is_help=True,
+                             help="Paired appearance model p(image | labels): render of the labels + learned residual.")
+app.add_typer(appearance_app, name="appearance")
+
+
+@appearance_app.command("train")
+def appearance_train(
+    real: Path = typer.Option(..., "--real", help="Real images WITH masks in the dataset layout (cli.py ingest)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, sample grids, logs, model.pt."),
+    family: str = typer.Option("gan", "--family", help="gan (adversarial residual) or vae (conditional VAE)."),
+    steps: int = typer.Option(400, "--steps", min=1),
+    config: Path = typer.Option(Path("configs/default.toml"), "--config",
+                                help="Simulator config whose shading and probe render the labels."),
+    checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1,
+                                         help="Steps between checkpoints (each scored by the fidelity gate)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
+) -> None:
+    """Learn what the physics render of labelled real images misses (identity at step 0, bounded residual)."""
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from refiner.appearance.data import InputError, load_pairs
+    from refiner.appearance.inputs import render_settings
+    from refiner.appearance.train import AppearanceConfig, train
+
+    try:
+        cfg = AppearanceConfig(family=family, steps=steps, checkpoint_every=checkpoint_every)
+        settings = render_settings(config)
+        pairs = load_pairs(real, settings)
+        with tqdm(total=steps, desc=f"appearance {family}", unit="step") as bar:
+            def on_step(info):
+                bar.n = info.step
+                bar.set_postfix({k: f"{v:.3f}" for k, v in info.losses.items() if k in ("d", "adv", "low_l1", "nll")})
+                bar.refresh()
+
+            selection = train(pairs, out, cfg, seed=seed, device=device, resume=resume, on_step=on_step,
+                              render_settings={"shading": asdict(settings.shading), "probe": asdict(settings.probe)})
+    except (InputError, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    state = "passed" if selection["passed"] else "did NOT pass (least violation chosen)"
+    typer.echo(f"selected step {selection['step']}: fidelity gate {state} -> {out / 'model.pt'}")
+
+
+@appearance_app.command("apply")
+def appearance_apply(
+    run: Path = typer.Argument(..., help="Run folder written by appearance train."),
+    input: Path = typer.Option(..., "--input", help="Labelled (simulated) dataset."),
+    out: Path = typer.Option(..., "--out", help="Generated dataset (annotations and labels copied unchanged)."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Generate an image for every label map of a dataset; annotations.json and labels/ stay byte-identical."""
+    from refiner.appearance.apply import apply
+    from refiner.appearance.data import InputError
+
+    try:
+        n = sum(1 for _ in (input / "images").glob("*.png"))
+        bar, tick = _progress("appearance", n)
+        with bar:
+            manifest = apply(run, input, out, seed=seed, device=device, on_image=lambda name: tick())
+    except (InputError, FileNotFoundError, FileExistsError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"generated {manifest['n_images']} images into {out}/")
+
 
 if __name__ == "__main__":
     app()
