@@ -161,3 +161,13 @@ def test_cli_errors_are_one_line(tmp_path):
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code == 2
     assert "error:" in res.output and "model.pt" in res.output and "Traceback" not in res.output
+
+
+def test_pairs_round_trip(tmp_path):
+    pairs = tiny_pairs()
+    pairs.save(tmp_path / "p.npz")
+    back = Pairs.load(tmp_path / "p.npz")
+    for a, b in zip(pairs.buffers, back.buffers, strict=True):
+        np.testing.assert_array_equal(a[1:], b[1:])
+        np.testing.assert_allclose(a[0], b[0], atol=2e-3)
+    assert back.names == pairs.names and back.levels == pairs.levels

@@ -82,22 +82,33 @@ class Pairs:
                      list(self.levels), list(self.names), self.pixel_size_nm)
 
     def save(self, path: str | Path) -> None:
-        """One .npz (no pickles), e.g. to carry prepared data to a machine without the simulator's packages."""
+        """One compressed .npz without pickles (render and real image as float16, labels as uint16; the label
+        buffers are recomputed on loading): carries prepared data to a machine without the simulator's packages
+        (about 2 MB per 1024 x 712 image)."""
         arrays = {"pixel_size_nm": np.float64(self.pixel_size_nm), "names": np.array(self.names),
                   "levels": np.array(self.levels, np.float64)}
         for i in range(len(self.names)):
-            arrays[f"buffers_{i}"], arrays[f"real_{i}"], arrays[f"labels_{i}"] = (
-                self.buffers[i], self.real[i], self.labels[i])
+            if self.labels[i].max() > np.iinfo(np.uint16).max:
+                raise ValueError(f"{self.names[i]}: more than 65535 instances")
+            arrays[f"render_{i}"] = self.buffers[i][0].astype(np.float16)
+            arrays[f"real_{i}"] = self.real[i].astype(np.float16)
+            arrays[f"labels_{i}"] = self.labels[i].astype(np.uint16)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         _atomic_write(Path(path), buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> Pairs:
+        """Pairs saved by ``save`` (render and real image rounded to float16)."""
+        from refiner.appearance.inputs import instance_pieces, label_buffers, separate_touching
+
         with np.load(path, allow_pickle=False) as z:
             n = len(z["names"])
-            return cls([z[f"buffers_{i}"] for i in range(n)], [z[f"real_{i}"] for i in range(n)],
-                       [z[f"labels_{i}"].astype(np.int32) for i in range(n)],
+            labels = [z[f"labels_{i}"].astype(np.int32) for i in range(n)]
+            buffers = [np.concatenate([z[f"render_{i}"].astype(np.float32)[None],
+                                       label_buffers(instance_pieces(separate_touching(labels[i])))])
+                       for i in range(n)]
+            return cls(buffers, [z[f"real_{i}"].astype(np.float32) for i in range(n)], labels,
                        [tuple(map(float, lv)) for lv in z["levels"]], [str(s) for s in z["names"]],
                        float(z["pixel_size_nm"]))
 
