@@ -171,3 +171,20 @@ def test_pairs_round_trip(tmp_path):
         np.testing.assert_array_equal(a[1:], b[1:])
         np.testing.assert_allclose(a[0], b[0], atol=2e-3)
     assert back.names == pairs.names and back.levels == pairs.levels
+
+
+def test_training_imports_nothing_the_gpu_machine_lacks():
+    """The training entry point (bench_appearance train) runs where pycocotools, kornia, noise, dask and SALib
+    are missing."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('pycocotools', 'kornia', 'noise', 'dask', 'SALib'): sys.modules[m] = None\n"
+            "from refiner.appearance.train import train, Pairs\n"
+            "from refiner.appearance.gate import load_segmenter\n"
+            "load_segmenter('watershed')\n"
+            "import runpy; runpy.run_path('bench/bench_appearance.py', run_name='not_main')\n")
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -501,7 +501,7 @@ def train(pairs: Pairs, out_dir: str | Path, cfg: AppearanceConfig = AppearanceC
     gen = torch.Generator().manual_seed(train_seed)
     start = 0
     if resume:
-        start = _load_state(nets, opts, gen, torch.load(out / STATE_FILE, map_location=dev, weights_only=False))
+        start = _load_state(nets, opts, gen, torch.load(out / STATE_FILE, map_location="cpu", weights_only=False))
     losses = [r for r in _read_jsonl(out / "losses.jsonl") if r["step"] <= start]
     evaluations = [e for e in _read_jsonl(out / "evaluations.jsonl") if e["step"] <= start]
 
