@@ -77,7 +77,8 @@ def bench_config(args, family: str):
 
     net = NetConfig(width=args.width, disc_width=args.width)
     return AppearanceConfig(family=family, steps=args.steps, crop_px=args.crop_px, batch_size=args.batch_size,
-                            checkpoint_every=max(1, args.steps // args.checkpoints), net=net)
+                            checkpoint_every=max(1, args.steps // args.checkpoints), net=net, lr_g=args.lr_g,
+                            lr_d=args.lr_d)
 
 
 def train_all(args) -> None:
@@ -249,9 +250,24 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pooled_table(paths: list[Path]) -> str:
+    """One table from several report.json files (rows, training times and scoring times pooled)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    if not reports:
+        raise SystemExit("error: table: no --reports given (expected report.json files)")
+    pooled = dict(reports[0])
+    pooled["rows"] = [r for rep in reports for r in rep["rows"]]
+    pooled["train"] = {f"{i}:{k}": v for i, rep in enumerate(reports) for k, v in rep.get("train", {}).items()}
+    pooled["folds"] = sorted({r["fold"] for r in pooled["rows"]})
+    pooled["score_s"] = sum(rep["score_s"] for rep in reports)
+    return table(pooled)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("prepare", "train", "score", "all"))
+    ap.add_argument("command", choices=("prepare", "train", "score", "all", "table"))
+    ap.add_argument("--reports", type=Path, nargs="*", default=[],
+                    help="table: report.json files of runs scored apart (e.g. folds in parallel) to pool")
     ap.add_argument("--real-dataset", type=Path, help="ingested reference set (20 images, masks)")
     ap.add_argument("--config", type=Path, default=Path("configs/default.toml"))
     ap.add_argument("--data", type=Path, default=Path("/tmp/bench-appearance/data"))
@@ -265,11 +281,16 @@ def main() -> None:
     ap.add_argument("--crop-px", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--lr-g", type=float, default=1e-3)
+    ap.add_argument("--lr-d", type=float, default=5e-4)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--c2st-seeds", type=int, default=3)
     ap.add_argument("--c2st-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=_THREADS)
     args = ap.parse_args()
+    if args.command == "table":
+        print(pooled_table(args.reports))
+        return
     if args.command in ("prepare", "all"):
         if args.real_dataset is None:
             ap.error("--real-dataset is required for prepare")

@@ -2,9 +2,11 @@
 (``gan``) and the residual encoder (``vae``).
 
 Generator input: the ``N_BUFFERS`` buffers of ``inputs.model_inputs`` (channel 0 the render, the last the edge
-gate) and ``n_noise`` noise channels (white noise for ``gan``, the upsampled latent for ``vae``). Output:
-render + gate * max_correction * tanh(raw), raw from a last layer initialised to zero, so an untrained
-generator returns the render exactly.
+gate) and ``n_noise`` noise channels (white noise for ``gan``; the upsampled latent and one white channel for
+``vae``). Output: render + gate * max_correction * tanh(raw) + pixel_sigma * (last noise channel), raw from a
+last layer initialised to zero and ``pixel_sigma`` a buffer that is 0 until a ``vae`` sets it to its
+likelihood's learned scale (a sample of p(x | z) = N(mean, sigma^2)), so an untrained generator returns the
+render exactly.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class NetConfig:
             raise ValueError(f"net.max_correction must be > 0, got {self.max_correction!r}")
 
     def noise_channels(self, family: str) -> int:
-        return self.n_noise if family == "gan" else self.latent_channels
+        """gan: white-noise channels; vae: the latent channels and one white channel (observation noise)."""
+        return self.n_noise if family == "gan" else self.latent_channels + 1
 
 
 def _conv(c_in: int, c_out: int, k: int = 3, dilation: int = 1, stride: int = 1) -> nn.Conv2d:
@@ -68,6 +71,7 @@ class ResidualGenerator(nn.Module):
         self.up = _conv(w, half)
         self.fuse = nn.Sequential(_conv(2 * half, half), nn.LeakyReLU(0.2), _conv(half, half), nn.LeakyReLU(0.2))
         self.tail = nn.Conv2d(half, 1, 1)
+        self.register_buffer("pixel_sigma", torch.zeros(()))  # vae: observation noise of samples
         nn.init.zeros_(self.tail.weight)  # identity at step 0: correction exactly 0
         nn.init.zeros_(self.tail.bias)
 
@@ -81,7 +85,7 @@ class ResidualGenerator(nn.Module):
         y = F.interpolate(self.up(y), size=(h, w), mode="bilinear", align_corners=False)
         raw = self.tail(self.fuse(torch.cat([x, y], 1)))
         correction = self.max_correction * torch.tanh(raw) * buffers[:, -1:]
-        return buffers[:, :1] + correction, correction
+        return buffers[:, :1] + correction + self.pixel_sigma * noise[:, -1:], correction
 
 
 class PatchDiscriminator(nn.Module):
@@ -127,12 +131,12 @@ def latent_to_noise(z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def draw_noise(family: str, cfg: NetConfig, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
-    """(B, n, H, W) CPU noise input for ``family`` (shape = (B, H, W)): white N(0, 1) for ``gan``, a prior
-    draw z ~ N(0, 1) at half resolution, upsampled, for ``vae``."""
+    """(B, n, H, W) CPU noise input for ``family`` (shape = (B, H, W)): white N(0, 1) for ``gan``; for ``vae`` a
+    prior draw z ~ N(0, 1) at half resolution, upsampled, and one white channel (observation noise)."""
     b, h, w = shape
     if family == "gan":
         return torch.randn((b, cfg.n_noise, h, w), generator=generator)
     if family == "vae":
         z = torch.randn((b, cfg.latent_channels, (h + 1) // 2, (w + 1) // 2), generator=generator)
-        return latent_to_noise(z, (h, w))
+        return torch.cat([latent_to_noise(z, (h, w)), torch.randn((b, 1, h, w), generator=generator)], 1)
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")

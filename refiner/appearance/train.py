@@ -319,7 +319,9 @@ def vae_step(nets: Nets, opt: dict, buffers: torch.Tensor, real: torch.Tensor, c
     mu, logvar = nets.encoder(real - buffers[:, :1], buffers)
     eps = torch.randn(mu.shape, generator=gen).to(mu.device)
     z = mu + torch.exp(0.5 * logvar) * eps
-    fake, correction = nets.generator(buffers, latent_to_noise(z, tuple(real.shape[-2:])))
+    latent = latent_to_noise(z, tuple(real.shape[-2:]))
+    # no observation noise in training: the likelihood accounts for it (pixel_sigma * 0)
+    fake, correction = nets.generator(buffers, torch.cat([latent, torch.zeros_like(latent[:, :1])], 1))
     s = nets.log_sigma
     nll = (0.5 * ((real - fake) / torch.exp(s)) ** 2 + s).mean() + 0.5 * np.log(2 * np.pi)
     kl = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(dim=(1, 2, 3)).mean() / real[0].numel()
@@ -328,6 +330,8 @@ def vae_step(nets: Nets, opt: dict, buffers: torch.Tensor, real: torch.Tensor, c
     opt["g"].zero_grad(set_to_none=True)
     loss.backward()
     opt["g"].step()
+    with torch.no_grad():  # samples carry the likelihood's learned scale as observation noise
+        nets.generator.pixel_sigma.copy_(torch.exp(s.detach()))
     low = F.l1_loss(gaussian_blur(fake.detach(), cfg.low_sigma_px), gaussian_blur(real, cfg.low_sigma_px))
     return {k: float(v.detach()) for k, v in (("nll", nll), ("kl", kl), ("edge", edge), ("low_l1", low),
                                                ("l1", F.l1_loss(fake.detach(), real)), ("sigma", torch.exp(s)))}
