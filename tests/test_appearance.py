@@ -80,6 +80,7 @@ def test_step_zero_reproduces_the_render_exactly():
         np.testing.assert_array_equal(out, pairs.buffers[0][0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["gan", "vae"])
 def test_training_lowers_losses_and_resumes_bit_identically(tmp_path, family):
     pairs = tiny_pairs()

@@ -3,7 +3,8 @@
 
 Generator input: the ``N_BUFFERS`` buffers of ``inputs.model_inputs`` (channel 0 the render, the last the edge
 gate) and ``n_noise`` noise channels (white noise for ``gan``; the upsampled latent and one white channel for
-``vae``). Output: render + gate * max_correction * tanh(raw) + pixel_sigma * (last noise channel), raw from a
+``vae``). Output: tone(render) + gate * max_correction * tanh(raw) + pixel_sigma * (last noise channel), tone a
+monotone curve that starts as the identity, raw from a
 last layer initialised to zero and ``pixel_sigma`` a buffer that is 0 until a ``vae`` sets it to its
 likelihood's learned scale (a sample of p(x | z) = N(mean, sigma^2)), so an untrained generator returns the
 render exactly.
@@ -57,6 +58,25 @@ class _Block(nn.Module):
         return x + self.conv2(F.leaky_relu(self.conv1(F.leaky_relu(x, 0.2)), 0.2))
 
 
+class ToneCurve(nn.Module):
+    """Monotone piecewise-linear map of the render's levels, identity at initialisation: slopes exp(theta_k)
+    on ``n`` equal segments of [low, high] (theta = 0: slope 1), an offset (0), slope 1 outside. A few
+    parameters with a strong paired gradient: the model learns the levels of particles and substrate in a few
+    steps and cannot invert a contrast (so cannot move an edge)."""
+
+    def __init__(self, n: int = 12, low: float = -0.25, high: float = 2.0):
+        super().__init__()
+        self.register_buffer("knots", torch.linspace(low, high, n + 1))
+        self.theta = nn.Parameter(torch.zeros(n))
+        self.offset = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x + offset + sum_k (exp(theta_k) - 1) * (x's path through segment k): exactly x at initialisation."""
+        lo, width = self.knots[:-1], self.knots[1:] - self.knots[:-1]
+        seg = torch.minimum((x[..., None] - lo).clamp(min=0), width)
+        return x + self.offset + (seg * torch.expm1(self.theta)).sum(-1)
+
+
 class ResidualGenerator(nn.Module):
     """render + bounded, edge-gated correction. ``forward(buffers, noise)`` -> ``(image, correction)``."""
 
@@ -72,6 +92,7 @@ class ResidualGenerator(nn.Module):
         self.fuse = nn.Sequential(_conv(2 * half, half), nn.LeakyReLU(0.2), _conv(half, half), nn.LeakyReLU(0.2))
         self.tail = nn.Conv2d(half, 1, 1)
         self.register_buffer("pixel_sigma", torch.zeros(()))  # vae: observation noise of samples
+        self.tone = ToneCurve()
         nn.init.zeros_(self.tail.weight)  # identity at step 0: correction exactly 0
         nn.init.zeros_(self.tail.bias)
 
@@ -85,7 +106,7 @@ class ResidualGenerator(nn.Module):
         y = F.interpolate(self.up(y), size=(h, w), mode="bilinear", align_corners=False)
         raw = self.tail(self.fuse(torch.cat([x, y], 1)))
         correction = self.max_correction * torch.tanh(raw) * buffers[:, -1:]
-        return buffers[:, :1] + correction + self.pixel_sigma * noise[:, -1:], correction
+        return self.tone(buffers[:, :1]) + correction + self.pixel_sigma * noise[:, -1:], correction
 
 
 class PatchDiscriminator(nn.Module):
