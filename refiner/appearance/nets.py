@@ -58,6 +58,13 @@ class _Block(nn.Module):
         return x + self.conv2(F.leaky_relu(self.conv1(F.leaky_relu(x, 0.2)), 0.2))
 
 
+@dataclass(frozen=True, slots=True)
+class GeneratorOut:
+    image: torch.Tensor  # (B, 1, H, W)
+    correction: torch.Tensor  # (B, 1, H, W) the gated residual (what the edge penalty sees)
+    log_scale: torch.Tensor  # (B, 1, H, W) vae: log noise scale relative to the learned global one (0 at start)
+
+
 class ToneCurve(nn.Module):
     """Monotone piecewise-linear map of the render's levels, identity at initialisation: slopes exp(theta_k)
     on ``n`` equal segments of [low, high] (theta = 0: slope 1), an offset (0), slope 1 outside. A few
@@ -78,7 +85,8 @@ class ToneCurve(nn.Module):
 
 
 class ResidualGenerator(nn.Module):
-    """render + bounded, edge-gated correction. ``forward(buffers, noise)`` -> ``(image, correction)``."""
+    """tone(render) + bounded, edge-gated correction (+ observation noise for a vae). ``forward(buffers, noise)``
+    -> ``GeneratorOut``."""
 
     def __init__(self, cfg: NetConfig, n_noise: int):
         super().__init__()
@@ -90,7 +98,7 @@ class ResidualGenerator(nn.Module):
         self.trunk = nn.Sequential(*[_Block(w, d) for d in cfg.dilations])
         self.up = _conv(w, half)
         self.fuse = nn.Sequential(_conv(2 * half, half), nn.LeakyReLU(0.2), _conv(half, half), nn.LeakyReLU(0.2))
-        self.tail = nn.Conv2d(half, 1, 1)
+        self.tail = nn.Conv2d(half, 2, 1)  # correction, log-scale of the observation noise (vae)
         self.register_buffer("pixel_sigma", torch.zeros(()))  # vae: observation noise of samples
         self.tone = ToneCurve()
         nn.init.zeros_(self.tail.weight)  # identity at step 0: correction exactly 0
@@ -104,9 +112,11 @@ class ResidualGenerator(nn.Module):
         x = F.leaky_relu(self.head(torch.cat([buffers, noise], 1)), 0.2)
         y = self.trunk(F.leaky_relu(self.down(x), 0.2))
         y = F.interpolate(self.up(y), size=(h, w), mode="bilinear", align_corners=False)
-        raw = self.tail(self.fuse(torch.cat([x, y], 1)))
+        raw, raw_scale = self.tail(self.fuse(torch.cat([x, y], 1))).chunk(2, 1)
         correction = self.max_correction * torch.tanh(raw) * buffers[:, -1:]
-        return self.tone(buffers[:, :1]) + correction + self.pixel_sigma * noise[:, -1:], correction
+        log_scale = 3.0 * torch.tanh(raw_scale / 3.0)  # per-pixel log of the noise scale relative to pixel_sigma
+        image = self.tone(buffers[:, :1]) + correction + self.pixel_sigma * torch.exp(log_scale) * noise[:, -1:]
+        return GeneratorOut(image, correction, log_scale)
 
 
 class PatchDiscriminator(nn.Module):

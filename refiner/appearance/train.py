@@ -155,6 +155,7 @@ class AppearanceConfig:
     crop_px: int = 96
     lr_g: float = 2e-4
     lr_d: float = 2e-4
+    tone_lr_factor: float = 10.0  # the tone curve's dozen parameters learn this much faster
     low_sigma_px: float = 4.0  # paired L1 on images blurred with this Gaussian (gan)
     w_low: float = 10.0
     w_adv: float = 1.0
@@ -264,18 +265,22 @@ def build_nets(cfg: AppearanceConfig, init_seed: int) -> Nets:
 
 
 def _optimisers(nets: Nets, cfg: AppearanceConfig) -> dict[str, torch.optim.Optimizer]:
+    tone = list(nets.generator.tone.parameters())
+    rest = [p for n, p in nets.generator.named_parameters() if not n.startswith("tone.")]
+    groups = [{"params": rest}, {"params": tone, "lr": cfg.lr_g * cfg.tone_lr_factor}]
     if nets.family == "gan":
-        return {"g": torch.optim.Adam(nets.generator.parameters(), cfg.lr_g, betas=(0.5, 0.99)),
+        return {"g": torch.optim.Adam(groups, cfg.lr_g, betas=(0.5, 0.99)),
                 "d": torch.optim.Adam(nets.discriminator.parameters(), cfg.lr_d, betas=(0.5, 0.99))}
-    params = [*nets.generator.parameters(), *nets.encoder.parameters(), nets.log_sigma]
-    return {"g": torch.optim.Adam(params, cfg.lr_g, betas=(0.9, 0.99))}
+    groups[0]["params"] = [*rest, *nets.encoder.parameters(), nets.log_sigma]
+    return {"g": torch.optim.Adam(groups, cfg.lr_g, betas=(0.9, 0.99))}
 
 
 def gan_step(nets: Nets, opt: dict, buffers: torch.Tensor, real: torch.Tensor, cfg: AppearanceConfig,
              gen: torch.Generator, step: int) -> dict[str, float]:
     dev = buffers.device
     noise = draw_noise("gan", cfg.net, (real.shape[0], *real.shape[-2:]), gen).to(dev)
-    fake, correction = nets.generator(buffers, noise)
+    out = nets.generator(buffers, noise)
+    fake, correction = out.image, out.correction
     d = nets.discriminator
 
     def augmented(image_real, image_fake):
@@ -321,9 +326,11 @@ def vae_step(nets: Nets, opt: dict, buffers: torch.Tensor, real: torch.Tensor, c
     z = mu + torch.exp(0.5 * logvar) * eps
     latent = latent_to_noise(z, tuple(real.shape[-2:]))
     # no observation noise in training: the likelihood accounts for it (pixel_sigma * 0)
-    fake, correction = nets.generator(buffers, torch.cat([latent, torch.zeros_like(latent[:, :1])], 1))
+    out = nets.generator(buffers, torch.cat([latent, torch.zeros_like(latent[:, :1])], 1))
+    fake, correction = out.image, out.correction
     s = nets.log_sigma
-    nll = (0.5 * ((real - fake) / torch.exp(s)) ** 2 + s).mean() + 0.5 * np.log(2 * np.pi)
+    log_sd = s + out.log_scale  # heteroscedastic: the decoder says where the residual is noisier
+    nll = (0.5 * ((real - fake) / torch.exp(log_sd)) ** 2 + log_sd).mean() + 0.5 * np.log(2 * np.pi)
     kl = 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(dim=(1, 2, 3)).mean() / real[0].numel()
     edge = edge_penalty(correction, buffers)
     loss = nll + cfg.kl_weight * kl + cfg.w_edge * edge
@@ -347,8 +354,7 @@ def generate(generator: ResidualGenerator, family: str, net_cfg: NetConfig, buff
     b = torch.from_numpy(np.ascontiguousarray(buffers))[None].to(device)
     noise = draw_noise(family, net_cfg, (1, *buffers.shape[-2:]), noise_gen).to(device)
     generator.eval()
-    image, _ = generator(b, noise)
-    return image[0, 0].float().cpu().numpy()
+    return generator(b, noise).image[0, 0].float().cpu().numpy()
 
 
 def to_stored(image: np.ndarray, levels: tuple[float, float]) -> np.ndarray:
