@@ -623,6 +623,8 @@ def appearance_train(
                                 help="Simulator config whose shading and probe render the labels."),
     checkpoint_every: int = typer.Option(100, "--checkpoint-every", min=1,
                                          help="Steps between checkpoints (each scored by the fidelity gate)."),
+    gate_segmenter: str = typer.Option("watershed", "--gate-segmenter",
+                                       help="Fidelity-gate segmenter (evaluate spec, e.g. unet:PATH)."),
     seed: int = typer.Option(0, "--seed", min=0),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out."),
@@ -633,11 +635,13 @@ def appearance_train(
     from tqdm import tqdm
 
     from refiner.appearance.data import InputError, load_pairs
+    from refiner.appearance.gate import GateConfig
     from refiner.appearance.inputs import render_settings
     from refiner.appearance.train import AppearanceConfig, train
 
     try:
-        cfg = AppearanceConfig(family=family, steps=steps, checkpoint_every=checkpoint_every)
+        cfg = AppearanceConfig(family=family, steps=steps, checkpoint_every=checkpoint_every,
+                               gate=GateConfig(segmenter=gate_segmenter))
         settings = render_settings(config)
         pairs = load_pairs(real, settings)
         with tqdm(total=steps, desc=f"appearance {family}", unit="step") as bar:

@@ -71,13 +71,15 @@ def prepare(real_dataset: Path, config: Path, data: Path) -> None:
     print(f"prepared {len(pairs.names)} images in {meta['prepare_s']:.0f} s -> {data}")
 
 
-def bench_config(args, family: str):
+def bench_config(args, family: str, fold: int):
+    from refiner.appearance.gate import GateConfig
     from refiner.appearance.nets import NetConfig
     from refiner.appearance.train import AppearanceConfig
 
     net = NetConfig(width=args.width, disc_width=args.width)
-    return AppearanceConfig(family=family, steps=args.steps, crop_px=args.crop_px, batch_size=args.batch_size,
-                            checkpoint_every=max(1, args.steps // args.checkpoints), net=net, lr_g=args.lr_g,
+    gate = GateConfig(segmenter=args.gate_segmenter.format(fold=fold))
+    return AppearanceConfig(family=family, gate=gate, steps=args.steps, crop_px=args.crop_px,
+                            batch_size=args.batch_size, checkpoint_every=max(1, args.steps // args.checkpoints), net=net, lr_g=args.lr_g,
                             lr_d=args.lr_d)
 
 
@@ -102,7 +104,7 @@ def train_all(args) -> None:
                 if (run / "model.pt").exists():
                     print(f"{name}: done already")
                     continue
-                cfg = bench_config(args, family)
+                cfg = bench_config(args, family, k)
                 t0 = time.perf_counter()
                 sel = train(pairs.subset(train_idx), run, cfg, seed=seed, device=args.device,
                             resume=(run / "state.pt").exists(), render_settings=meta["render"])
@@ -283,6 +285,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--lr-g", type=float, default=1e-3)
     ap.add_argument("--lr-d", type=float, default=5e-4)
+    ap.add_argument("--gate-segmenter", default="watershed",
+                    help="fidelity-gate segmenter spec; {fold} is replaced, e.g. unet:/tmp/unet-fold{fold}.pt "
+                         "(a U-Net trained on that fold's real training images)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--c2st-seeds", type=int, default=3)
     ap.add_argument("--c2st-steps", type=int, default=300)
