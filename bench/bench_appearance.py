@@ -79,8 +79,8 @@ def bench_config(args, family: str, fold: int):
     net = NetConfig(width=args.width, disc_width=args.width)
     gate = GateConfig(segmenter=args.gate_segmenter.format(fold=fold))
     return AppearanceConfig(family=family, gate=gate, steps=args.steps, crop_px=args.crop_px,
-                            batch_size=args.batch_size, checkpoint_every=max(1, args.steps // args.checkpoints), net=net, lr_g=args.lr_g,
-                            lr_d=args.lr_d)
+                            batch_size=args.batch_size, checkpoint_every=max(1, args.steps // args.checkpoints),
+                            net=net, lr_g=args.lr_g, lr_d=args.lr_d)
 
 
 def train_all(args) -> None:
