@@ -121,7 +121,7 @@ def _generated_set(name, model_path, inputs, labels, px, seed):
     image, 8-bit), with the label maps' foreground."""
     import torch
 
-    from eval.realism import ImageSet
+    from eval.realism.data import ImageSet
     from refiner.appearance.train import config_from_dict, generate, load_model, to_stored
 
     gen, blob = load_model(model_path)
@@ -145,7 +145,9 @@ def _mean_sd(values) -> tuple[float, float]:
 def score(args) -> dict:
     import torch
 
-    from eval.realism import ImageSet, RealismConfig, c2st, load_image_set, normalized
+    from eval.realism.c2st import c2st
+    from eval.realism.config import RealismConfig
+    from eval.realism.data import ImageSet, load_image_set, normalized
     from refiner.appearance.data import read_labels, read_records
     from refiner.appearance.gate import GateConfig, gate_reference, judge, load_segmenter
     from refiner.appearance.inputs import RenderSettings, model_inputs

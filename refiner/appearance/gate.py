@@ -1,5 +1,5 @@
 """Fidelity gate: does a segmenter see the conditioning labels in a generated image as it sees them in the real
-image? Pure functions on arrays; the segmenter is any ``eval.models`` spec (``watershed`` by default,
+image? Pure functions on arrays; the segmenter is any ``eval.segment.registry`` spec (``watershed`` by default,
 ``unet:PATH`` for a U-Net trained on the fold's real training images).
 
 Pass when the segmenter's F1, split rate and merge rate on generated images (scored against the labels they were
@@ -27,8 +27,8 @@ class GateConfig:
 
 
 def load_segmenter(spec: str) -> Segmenter:
-    """(image in [0, 1], pixel_size_nm) -> instance ids, from an ``eval.models`` spec."""
-    from eval.models import load_model
+    """(image in [0, 1], pixel_size_nm) -> instance ids, from an ``eval.segment.registry`` spec."""
+    from eval.segment.registry import load_model
 
     model = load_model(spec)
 
@@ -56,7 +56,7 @@ def strong_edges(image: np.ndarray, *, sigma_px: float = 1.5, quantile: float = 
 
 def boundary_f(image: np.ndarray, labels: np.ndarray, tolerance_px: int) -> float:
     """F-score of the image's strong edges against the labels' instance boundaries, within ``tolerance_px``."""
-    from eval.image_stats import boundary_map
+    from eval.calibrate.image_stats import boundary_map
 
     edges, truth = strong_edges(image), boundary_map(labels)
     if not edges.any() or not truth.any():
@@ -71,7 +71,7 @@ def boundary_f(image: np.ndarray, labels: np.ndarray, tolerance_px: int) -> floa
 def segmentation_scores(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], pixel_size_nm: float,
                         segment: Segmenter) -> dict[str, float]:
     """F1, split and merge rates of ``segment`` on ``images`` against ``labels`` (summed over images)."""
-    from eval.matching import ImageSample, aggregate_matches, match_image
+    from eval.metrics.matching import ImageSample, aggregate_matches, match_image
 
     matches = [match_image(ImageSample(lab, segment(im, pixel_size_nm), pixel_size_nm))
                for im, lab in zip(images, labels, strict=True)]

@@ -87,7 +87,7 @@ def physics_render(labels: np.ndarray, pixel_size_nm: float, shading, probe) -> 
     (with ``shading``, a ``ShadingConfig``; no facets, substrate texture or residue: those are random) on dome
     heights and their normals, then ``probe_blur`` (``probe``, a ``ProbeConfig``), then the fixed affine that
     maps the substrate yield to 0.25 and a flat particle's yield to 0.75."""
-    from simulator.instrument import probe_blur  # lazy: the shading stage needs the `noise` package
+    from simulator.instrument.probe import probe_blur  # lazy: only the render needs the simulator
     from simulator.render import RenderOut
     from simulator.shading import shade
 
