@@ -67,7 +67,7 @@ def pixel_size(folder: Path, rec: dict) -> float:
 def load_pairs(folder: str | Path, settings: RenderSettings, *, index: list[int] | None = None) -> Pairs:
     """Paired training data from a labelled dataset folder (e.g. ``cli.py ingest`` of real images with masks);
     ``index`` picks images by their position in annotations.json."""
-    from eval.realism.data import image_levels, scale_to_levels  # the realism test's normalised view
+    from eval.data.pixels import image_levels, scale_to_levels  # the realism test's normalised view
 
     folder = Path(folder)
     records = read_records(folder)
