@@ -4,14 +4,15 @@ shading stage (and so its packages); ``train`` itself does not.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from refiner.appearance.inputs import RenderSettings, model_inputs
 from refiner.appearance.train import Pairs
+from simulator.io.errors import UserError
+from simulator.io.files import read_png
+from simulator.io.reader import read_coco, read_label_map
 
 
 class InputError(ValueError):
@@ -19,41 +20,34 @@ class InputError(ValueError):
 
 
 def read_records(folder: str | Path) -> list[dict]:
-    """The ``images`` records of DIR/annotations.json."""
-    path = Path(folder) / "annotations.json"
-    if not path.is_file():
-        raise InputError(f"{path}: missing (expected a semsynth dataset folder: images/, labels/, annotations.json)")
+    """The ``images`` records of DIR/annotations.json (through the one dataset reader)."""
     try:
-        images = json.loads(path.read_text()).get("images")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise InputError(f"{path}: not a COCO annotations file ({err}) (expected a JSON object with 'images')") from err
-    if not isinstance(images, list) or not images:
-        raise InputError(f"{path}: no images listed (expected a non-empty 'images' list)")
+        images = list(read_coco(Path(folder))["images"])
+    except UserError as err:
+        raise InputError(str(err)) from None
+    if not images:
+        raise InputError(f"{Path(folder) / 'annotations.json'}: no images listed (expected a non-empty 'images' list)")
     return images
 
 
 def read_image(folder: Path, rec: dict) -> tuple[np.ndarray, int]:
     """(H, W) float32 in [0, 1] and its bit depth."""
-    path = folder / "images" / rec["file_name"]
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.ndim != 2 or raw.dtype not in (np.uint8, np.uint16):
-        raise InputError(f"{path}: missing or unreadable (expected an 8- or 16-bit grayscale PNG)")
-    bits = 8 if raw.dtype == np.uint8 else 16
-    return raw.astype(np.float32) / ((1 << bits) - 1), bits
+    try:
+        return read_png(Path(folder) / "images" / rec["file_name"])
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"{err} (expected an 8- or 16-bit grayscale PNG)") from None
 
 
 def read_labels(folder: Path, rec: dict, shape: tuple[int, int] | None = None) -> np.ndarray:
-    label_file = rec.get("label_file")
-    if not label_file:
-        raise InputError(f"{folder / 'annotations.json'}: image {rec.get('file_name')!r} has no label_file "
+    if not rec.get("label_file"):
+        raise InputError(f"{Path(folder) / 'annotations.json'}: image {rec.get('file_name')!r} has no label_file "
                          "(expected label maps: simulate with output.label_maps = true, or ingest with masks)")
-    path = folder / label_file
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.ndim != 2:
-        raise InputError(f"{path}: missing or unreadable (expected a single-channel integer label PNG)")
-    if shape is not None and raw.shape != shape:
-        raise InputError(f"{path}: shape {raw.shape} (expected the image's {shape})")
-    return raw.astype(np.int32)
+    if shape is None:
+        shape = (int(rec["height"]), int(rec["width"]))
+    try:
+        return read_label_map(Path(folder), rec, shape)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"{err} (expected a single-channel integer label PNG of the image's size)") from None
 
 
 def pixel_size(folder: Path, rec: dict) -> float:
