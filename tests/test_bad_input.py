@@ -308,6 +308,18 @@ def _legacy_dataset(tmp: Path, fx: dict) -> dict:
     return {"ds": str(ds), "toml": _tiny_toml(tmp)}
 
 
+def _own_validation_with_extra(tmp: Path, fx: dict) -> dict:
+    """An earlier validate output (marker, validation.json, synthetic/) plus a file of the user's."""
+    from simulator.io.outputs import VALIDATION, write_marker
+
+    out = tmp / "val"
+    (out / "synthetic").mkdir(parents=True)
+    write_marker(out, VALIDATION, "validate")
+    (out / "validation.json").write_text('{"verdict": {"agrees": []}}\n')
+    (out / "notes.txt").write_text("my notes\n")
+    return {"ds": str(fx["dataset"]), "out": str(out), "_before_out": snapshot(out), "toml": _tiny_toml(tmp)}
+
+
 def _file_as_out_parent(tmp: Path, fx: dict, **extra) -> dict:
     (tmp / "file.txt").write_text("x\n")
     return {"out": str(tmp / "file.txt" / "sub"), "toml": _tiny_toml(tmp), **extra}
@@ -360,6 +372,13 @@ CASES = [
          lambda t, f: _foreign(t, f, "robustness.json"),
          ["robustness", str(ROOT / "configs/sweeps/robustness.toml"), "--model", "watershed", "--out", "{out}"],
          "src", 2, _unchanged("out"), max_seconds=20),
+    Case("validate-out-foreign",
+         lambda t, f: _foreign(t, f, "validation.json", ds=str(f["dataset"]), toml=_tiny_toml(t)),
+         ["validate", "--real", "{ds}", "--config", "{toml}", "--n", "2", "--model", "watershed", "--out", "{out}"],
+         "src", 2, _unchanged("out"), max_seconds=20, needs=DS_FX),
+    Case("validate-own-output-with-foreign-file", _own_validation_with_extra,
+         ["validate", "--real", "{ds}", "--config", "{toml}", "--n", "2", "--model", "watershed", "--out", "{out}"],
+         "notes.txt", 2, _unchanged("out"), max_seconds=20, needs=DS_FX),
     Case("simulate-overwrite-own-dataset-with-foreign-file", _own_dataset_with_extra,
          ["simulate", "{toml}", "--n", "2", "--out", "{ds}", "--no-preview", "--overwrite"], "notes.txt", 2,
          _unchanged("ds"), needs=DS_FX),

@@ -192,6 +192,30 @@ def test_validate_counts_the_measured_class(tmp_path):
     assert "warning: the sides count different particles" in out.output
 
 
+def test_validate_output_folder_is_marked_replaced_and_atomic(tmp_path, monkeypatch):
+    """OUT carries the validation marker; a rerun replaces its own result; a failure while writing the result
+    (here: its JSON, after the page is made) leaves the earlier result byte for byte, and no temporary file."""
+    import eval.jsonable
+    from simulator.io.outputs import MARKER
+
+    real = disk_dataset(tmp_path / "real", seed=1, n_images=2)
+    synthetic = disk_dataset(tmp_path / "synthetic", seed=2, n_images=2)
+    out = tmp_path / "out"
+    assert run_validate("--real", real, "--synthetic", synthetic, "--out", out).exit_code == 0
+    assert json.loads((out / MARKER).read_text())["kind"] == "validation"
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == sorted([MARKER, "validation.html", "validation.json"])
+    assert run_validate("--real", real, "--synthetic", synthetic, "--out", out).exit_code == 0
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("JSON failed")
+
+    monkeypatch.setattr(eval.jsonable, "to_jsonable", broken)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert run_validate("--real", real, "--synthetic", synthetic, "--out", out).exit_code == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_robustness_records_the_validation(tmp_path):
     from eval.validate.validate import validation_record
 
@@ -252,7 +276,7 @@ def test_bad_inputs_give_the_error_format(tmp_path):
         assert "error: " in result.output and message in result.output, (args, result.output)
         assert "Traceback" not in result.output
     result = run_validate("--real", real, "--synthetic", synthetic, "--out", out_file / "sub")
-    assert result.exit_code == 2 and "not writable" in result.output, result.output
+    assert result.exit_code == 2 and "which is a file" in result.output, result.output
     result = runner.invoke(app, ["validate", "--model", "unet:/nonexistent.pt", "--real", str(real),
                                  "--synthetic", str(synthetic), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and "error: " in result.output

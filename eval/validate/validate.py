@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,7 @@ import numpy as np
 from eval.validate.compare import MetricComparison, compare_records, image_records, tolerances
 from simulator.classes import CLASSES
 from simulator.io.errors import UserError
+from simulator.io.outputs import VALIDATION, check_output_folder, write_marker
 from simulator.io.reader import read_coco
 
 
@@ -113,13 +113,9 @@ def check_dataset(folder: Path, role: str) -> DatasetCheck:
 
 
 def _check_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".validate-write-test."):
-            pass
-    except OSError as err:
-        raise InputError(f"{out}: not writable ({err.strerror or err}) (expected a folder that can be written to)") \
-            from None
+    """OUT is absent, empty or an earlier validation output (whose synthetic/ datasets are kept and reused), and
+    writable; anything else in it is refused, listing the foreign entries, before any simulation or model run."""
+    check_output_folder(out, VALIDATION, overwrite=True)
 
 
 def _synthetic_from_dataset(folder: Path, check: DatasetCheck) -> SyntheticSource:
@@ -299,8 +295,11 @@ def validate(inputs: Inputs, model, cfg: ValidateConfig = ValidateConfig(), *,
     from eval.jsonable import to_jsonable
     from eval.validate.report import validation_html
     from simulator.config import config_to_dict
-    from simulator.io.files import atomic_write_bytes, package_versions
+    from simulator.io.files import atomic_write_all, package_versions
 
+    _check_out(inputs.out)  # again: the folder may have changed since check_inputs
+    inputs.out.mkdir(parents=True, exist_ok=True)
+    write_marker(inputs.out, VALIDATION, "validate")
     timing, start = {}, time.perf_counter()
     source = inputs.synthetic
     if source.config_file is not None:
@@ -358,9 +357,9 @@ def validate(inputs: Inputs, model, cfg: ValidateConfig = ValidateConfig(), *,
     start = time.perf_counter()
     page = validation_html(result, real_side, syn_side, sweep_sides, cfg)
     timing["report_s"] = time.perf_counter() - start
-    atomic_write_bytes(inputs.out / "validation.html", page.encode())
-    atomic_write_bytes(inputs.out / "validation.json",
-                       (json.dumps(to_jsonable(result), indent=1, allow_nan=False) + "\n").encode())
+    atomic_write_all(inputs.out, {  # both or neither; validation.json last: its presence means a complete result
+        "validation.html": page.encode(),
+        "validation.json": (json.dumps(to_jsonable(result), indent=1, allow_nan=False) + "\n").encode()})
     return result
 
 

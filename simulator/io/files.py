@@ -39,6 +39,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_all(folder: Path, files: dict[str, bytes]) -> None:
+    """Several files of one result, all or none: every file is written to a temporary sibling first; only when
+    all are written are they renamed into place (in the given order), so a failure while writing leaves the
+    earlier files as they were."""
+    temps: list[tuple[str, str]] = []
+    try:
+        for name, data in files.items():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+            temps.append((name, tmp))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.chmod(tmp, _FILE_MODE)
+        for name, tmp in temps:
+            os.replace(tmp, folder / name)
+    except BaseException:
+        for _, tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_json(path: Path, obj: Any, *, compact: bool = False) -> None:
     """JSON written atomically; ``compact`` drops the indentation (3x faster for large annotation files)."""
     text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=1)

@@ -49,7 +49,10 @@ EVALUATION = OutputKind("evaluation", ("metrics.json", "per_image.csv", "report.
 REALISM = OutputKind("realism", ("realism.json", "realism.html", "realism.png"), (("realism.json", "c2st"),))
 ROBUSTNESS = OutputKind("robustness", ("robustness.json", "per_image.csv", "report.html", "dataset"),
                         (("robustness.json", "criterion"),))
-KINDS = {kind.name: kind for kind in (DATASET, EVALUATION, REALISM, ROBUSTNESS)}
+# validate keeps its simulated datasets (synthetic/, synthetic-sweep/<level>/) and reuses them, like robustness
+VALIDATION = OutputKind("validation", ("validation.json", "validation.html", "synthetic", "synthetic-sweep"),
+                        (("validation.json", "verdict"),))
+KINDS = {kind.name: kind for kind in (DATASET, EVALUATION, REALISM, ROBUSTNESS, VALIDATION)}
 
 
 def _json_keys(path: Path) -> dict:
