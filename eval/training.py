@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from simulator.io.errors import UserError
+from simulator.io.errors import check_device
 from simulator.io.files import atomic_write_bytes
 
 DeviceName = Literal["cpu", "cuda", "auto"]  # or "cuda:N"
@@ -30,11 +30,7 @@ def resolve_device(device: str) -> torch.device:
     """'cpu', 'cuda' (or 'cuda:N') or 'auto' (CUDA when available)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UserError("device", f"{device!r} is not a device", "cpu, cuda, cuda:N or auto")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device", f"{device!r} requested but CUDA is not available on this machine", "cpu or auto")
-    return torch.device(device)
+    return torch.device(check_device(device))  # a bad one: the same --device message as every command
 
 
 def stream_seeds(seed: int, n: int) -> list[int]:

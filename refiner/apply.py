@@ -23,7 +23,7 @@ from eval.training import resolve_device
 from refiner.data import condition_channels
 from refiner.nets import image_noise, refine_array
 from refiner.train import load_generator, sha256_file
-from simulator.io.errors import UserError
+from simulator.io.errors import InputNotFoundError, UserError
 from simulator.io.files import atomic_write_json, package_versions, quantize, write_png
 from simulator.io.outputs import DATASET, check_output_folder, staged_output
 from simulator.io.reader import read_dataset, read_manifest
@@ -87,13 +87,14 @@ def apply(
     if checkpoint is None:
         ckpt = run_dir / "generator.pt"
         if not ckpt.exists():
-            raise FileNotFoundError(
-                f"{ckpt}: missing; either training has not reached a checkpoint or no checkpoint passed the "
-                f"label-fidelity checks (see {run_dir / 'fidelity.jsonl'}); pass checkpoint= to force one")
+            raise InputNotFoundError(
+                ckpt, "missing: either training has not reached a checkpoint or no checkpoint passed the "
+                f"label-fidelity checks (see {run_dir / 'fidelity.jsonl'})",
+                "a run folder of cli.py refine train holding generator.pt, or --checkpoint PATH to use another")
     else:
         ckpt = Path(checkpoint)
         if not ckpt.exists():
-            raise FileNotFoundError(f"{ckpt}: no such checkpoint")
+            raise InputNotFoundError(ckpt, "no such checkpoint", "a generator file written by cli.py refine train")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed!r}")
     if out_dir.resolve() == input_dir.resolve():

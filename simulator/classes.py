@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from simulator.config import ClassesConfig
+from simulator.io.errors import UserError
 
 CLASSES = ("full", "fragment", "under")  # code 1, 2, 3 in class maps; 0 = no class
 MEASURED_CLASS = "full"
@@ -66,7 +67,25 @@ def class_name(code: int) -> str | None:
 
 
 class ClassMaskError(ValueError):
-    """A class mask that cannot be read as a class map (message names what and what was expected)."""
+    """A class mask that cannot be read as a class map: ``what`` is wrong, ``expected`` instead."""
+
+    what: str
+    expected: str
+
+    @classmethod
+    def of(cls, what: str, expected: str) -> ClassMaskError:
+        err = cls(f"{what} (expected {expected})")
+        err.what, err.expected = what, expected
+        return err
+
+
+class ClassMaskFileError(UserError, ClassMaskError):
+    """A class mask file that cannot be used: ``error: <class mask file>: <what> (expected ...)``, exit 2."""
+
+    @classmethod
+    def naming(cls, path, err: ClassMaskError) -> ClassMaskFileError:
+        what, expected = getattr(err, "what", str(err)), getattr(err, "expected", "an RGB class mask")
+        return cls(path, what, expected)
 
 
 def class_map_from_rgb(rgb: np.ndarray, colours: Mapping[str, tuple[int, int, int]] = BAM_COLOURS,
@@ -79,18 +98,18 @@ def class_map_from_rgb(rgb: np.ndarray, colours: Mapping[str, tuple[int, int, in
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
-        raise ClassMaskError(f"class mask must be an RGB image, got shape {rgb.shape} (expected (H, W, 3))")
+        raise ClassMaskError.of(f"class mask must be an RGB image, got shape {rgb.shape}", "(H, W, 3)")
     unknown = set(colours) - set(CLASSES)
     if unknown:
-        raise ClassMaskError(f"unknown class names {sorted(unknown)} (expected some of {list(CLASSES)})")
+        raise ClassMaskError.of(f"unknown class names {sorted(unknown)}", f"some of {list(CLASSES)}")
     named = [(name, np.asarray(colours[name], np.int16)) for name in CLASSES if name in colours]
     anchors = [np.zeros(3, np.int16)] + [c for _, c in named]
     for i in range(len(anchors)):
         for j in range(i + 1, len(anchors)):
             if np.abs(anchors[i] - anchors[j]).max() <= 2 * tolerance:
-                raise ClassMaskError(
-                    f"class colours {anchors[i].tolist()} and {anchors[j].tolist()} are too close to tell apart "
-                    f"(expected colours, black included, more than {2 * tolerance} apart in some channel)")
+                raise ClassMaskError.of(
+                    f"class colours {anchors[i].tolist()} and {anchors[j].tolist()} are too close to tell apart",
+                    f"colours, black included, more than {2 * tolerance} apart in some channel")
     pix = rgb[..., :3].astype(np.int16)
     codes = np.zeros(pix.shape[:2], np.uint8)
     matched = np.abs(pix).max(-1) <= tolerance  # black
@@ -101,9 +120,9 @@ def class_map_from_rgb(rgb: np.ndarray, colours: Mapping[str, tuple[int, int, in
     if not matched.all():
         bad = np.argwhere(~matched)
         r, c = bad[0]
-        raise ClassMaskError(
+        raise ClassMaskError.of(
             f"{len(bad)} pixels have a colour the class map does not name, first {pix[r, c].tolist()} at row {r}, "
-            f"column {c} (expected black or one of {({n: list(colours[n]) for n, _ in named})})")
+            f"column {c}", f"black or one of {({n: list(colours[n]) for n, _ in named})}")
     return codes
 
 
@@ -113,9 +132,8 @@ def classes_from_mask(labels: np.ndarray, class_map: np.ndarray) -> dict[int, in
     labels = np.asarray(labels)
     rows = min(labels.shape[0], class_map.shape[0])
     if class_map.shape[1] != labels.shape[1]:
-        raise ClassMaskError(
-            f"class mask is {class_map.shape[1]} px wide, the label map {labels.shape[1]} px "
-            "(expected the same width)")
+        raise ClassMaskError.of(
+            f"class mask is {class_map.shape[1]} px wide, the label map {labels.shape[1]} px", "the same width")
     lab = labels[:rows].ravel().astype(np.int64)
     cls = class_map[:rows].ravel().astype(np.int64)
     n = int(labels.max()) + 1 if labels.size else 1

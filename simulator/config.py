@@ -382,13 +382,14 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise ConfigError(f"{path}: config file not found (expected an existing TOML config file, e.g. "
+                          "configs/default.toml)") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: is not text (binary data) (expected a TOML config file)") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot be read ({err.strerror}) (expected a readable TOML config file)") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+        raise ConfigError(f"{path}: not valid TOML: {err} (expected a TOML config file)") from None
 
 
 def load_config(path: str | Path) -> SimConfig:

@@ -320,6 +320,17 @@ def _own_validation_with_extra(tmp: Path, fx: dict) -> dict:
     return {"ds": str(fx["dataset"]), "out": str(out), "_before_out": snapshot(out), "toml": _tiny_toml(tmp)}
 
 
+def _bad_class_mask_source(tmp: Path, fx: dict) -> dict:
+    """A source whose class mask (classes/img0_cm.png) has a colour the BAM colour map does not name."""
+    src = write_source(tmp / "src", n=1)
+    (src / "classes").mkdir()
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[8:20, 10:22] = (0, 255, 0)  # BGR for cv2: green = fully visible
+    rgb[0, 0] = (128, 128, 128)  # grey: no class
+    cv2.imwrite(str(src / "classes" / "img0_cm.png"), rgb)
+    return {"src": str(src), "out": str(tmp / "real")}
+
+
 def _file_as_out_parent(tmp: Path, fx: dict, **extra) -> dict:
     (tmp / "file.txt").write_text("x\n")
     return {"out": str(tmp / "file.txt" / "sub"), "toml": _tiny_toml(tmp), **extra}
@@ -423,6 +434,19 @@ CASES = [
     Case("config-is-binary", lambda t, f: {"toml": str(_write(t / "cfg.toml", b"\x89PNG\x00\xff\xfe")),
                                            "out": str(t / "o")},
          SIMULATE, "cfg.toml", 2, _absent("out")),
+    Case("config-file-not-found", lambda t, f: {"toml": str(t / "missing.toml"), "out": str(t / "o")},
+         SIMULATE, "missing.toml: config file not found", 2, _absent("out")),
+    # ---- other inputs that do not exist or cannot be used
+    Case("evaluate-unknown-model-spec", lambda t, f: {"ds": str(f["dataset"]), "out": str(t / "ev")},
+         ["evaluate", "--dataset", "{ds}", "--model", "wattershed", "--out", "{out}", "--resamples", "2"],
+         "--model: model spec 'wattershed': unknown model kind", 2, _absent("out"), needs=DS_FX),
+    Case("refine-apply-run-without-generator",
+         lambda t, f: {"ds": str(f["dataset"]), "run": str(_mkdir(t / "run")), "out": str(t / "ref")},
+         ["refine", "apply", "{run}", "--input", "{ds}", "--out", "{out}", "--device", "cpu"],
+         "{run}/generator.pt: missing", 2, _absent("out"), needs=DS_FX),
+    Case("ingest-class-mask-unknown-colour", _bad_class_mask_source,
+         ["ingest", "{src}", "--out", "{out}", "--pixel-size-nm", "5"], "{src}/classes/img0_cm.png: 1 pixels have a "
+         "colour the class map does not name", 2, _absent("out")),
     # ---- --out that cannot be written
     Case("simulate-out-under-a-file", _file_as_out_parent, SIMULATE, "file.txt", 2),
     Case("evaluate-out-under-a-file", lambda t, f: _file_as_out_parent(t, f, ds=str(f["dataset"])),
@@ -462,12 +486,12 @@ CASES = [
     # ---- devices and sizes
     Case("realism-device-cuda-without-gpu",
          lambda t, f: {"ds": str(f["dataset"]), "out": str(t / "r")},
-         ["realism", "{ds}", "{ds}", "--out", "{out}", "--device", "cuda:99", "--steps", "1"], "cuda", 2,
+         ["realism", "{ds}", "{ds}", "--out", "{out}", "--device", "cuda:99", "--steps", "1"], "--device: 'cuda:99'", 2,
          _absent("out"), max_seconds=20, needs=DS_FX),
     Case("refine-apply-device-cuda-without-gpu",
          lambda t, f: {"ds": str(f["dataset"]), "run": str(f["generator_pt"]), "out": str(t / "ref")},
-         ["refine", "apply", "{run}", "--input", "{ds}", "--out", "{out}", "--device", "cuda:99"], "cuda", 2,
-         _absent("out"), needs=("dataset", "generator_pt")),
+         ["refine", "apply", "{run}", "--input", "{ds}", "--out", "{out}", "--device", "cuda:99"],
+         "--device: 'cuda:99'", 2, _absent("out"), needs=("dataset", "generator_pt")),
     Case("refine-apply-image-below-receptive-field",
          lambda t, f: _small_image_dataset(t, f),
          ["refine", "apply", "{run}", "--input", "{ds}", "--out", "{out}", "--device", "cpu"], "000000.png", 2,

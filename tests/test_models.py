@@ -87,7 +87,7 @@ def test_watershed_spec_options_are_typed_and_merged():
         ("watershed:min_area_nm2", ValueError, ["not key=value"]),
         ("watershed:threshold=median", ValueError, ["threshold", "'median'"]),
         ("watershed:min_separation_nm=-5", ValueError, ["min_separation_nm", "-5"]),
-        ("unet:", ValueError, ["checkpoint path", "accepted forms"]),
+        ("unet:", ValueError, ["checkpoint path", "expected one of the forms watershed,"]),
         ("unet:/nonexistent/model.pt", FileNotFoundError, ["/nonexistent/model.pt"]),
         ("predictions:/nonexistent/preds.json", FileNotFoundError, ["/nonexistent/preds.json"]),
         ("python:just_a_module", ValueError, ["python:module:callable"]),

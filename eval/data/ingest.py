@@ -24,7 +24,14 @@ import numpy as np
 from scipy import ndimage
 
 from eval.data.reference import read_mask, read_sem_image
-from simulator.classes import BAM_COLOURS, ClassMaskError, class_map_from_rgb, class_name, classes_from_mask
+from simulator.classes import (
+    BAM_COLOURS,
+    ClassMaskError,
+    ClassMaskFileError,
+    class_map_from_rgb,
+    class_name,
+    classes_from_mask,
+)
 from simulator.io.errors import InputNotFoundError, UserError, existing_folder
 from simulator.io.files import atomic_write_json, package_versions, write_png
 from simulator.io.outputs import DATASET, staged_output
@@ -124,7 +131,7 @@ def read_class_map(path: Path, colours: dict[str, tuple[int, int, int]] = BAM_CO
     try:
         rgb = read_mask(path)
     except Exception as err:  # tifffile and OpenCV raise many kinds
-        raise ClassMaskError(f"unreadable class mask ({err})") from None
+        raise ClassMaskError.of(f"unreadable class mask ({err})", "an RGB class mask image (TIFF or PNG)") from None
     if path.suffix.lower() not in (".tif", ".tiff") and rgb.ndim == 3:
         rgb = rgb[..., 2::-1]  # OpenCV reads BGR
     return class_map_from_rgb(rgb, colours)
@@ -241,10 +248,10 @@ def _ingest_one(image_path: Path, mask_path: Path | None, class_dirs: list[Path]
         try:
             class_map = read_class_map(class_path)
             if class_map.shape[1] != labels.shape[1] or class_map.shape[0] > pixels.shape[0]:
-                raise ClassMaskError(f"class mask size {class_map.shape} does not fit the image "
-                                     f"{pixels.shape} (expected the same width and at most its height)")
+                raise ClassMaskError.of(f"class mask size {class_map.shape} does not fit the image {pixels.shape}",
+                                        "the same width and at most its height")
         except ClassMaskError as err:  # wrong labels are worse than none: stop, naming the file
-            raise ClassMaskError(f"{class_path}: {err}") from None
+            raise ClassMaskFileError.naming(class_path, err) from None
         codes = classes_from_mask(labels, class_map)
         for ann in annotations:
             ann["particle_class"] = class_name(codes.get(ann["instance_id"], 0))

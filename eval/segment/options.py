@@ -95,5 +95,7 @@ def config_from_options(cls: type, options: Mapping[str, Any], *, where: str) ->
 
 
 def _spec_error(spec: str, problem: str) -> ValueError:
-    forms = "\n  ".join(SPEC_FORMS)
-    return ValueError(f"model spec {spec!r}: {problem}; accepted forms:\n  {forms}")
+    """A bad ``--model`` spec: a ``UserError`` naming the option, the spec and the accepted forms."""
+    from simulator.io.errors import UserError
+
+    return UserError("--model", f"model spec {spec!r}: {problem}", "one of the forms " + ", ".join(SPEC_FORMS))

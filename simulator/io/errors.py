@@ -106,12 +106,14 @@ def check_device(device: str, *, allowed: tuple[str, ...] = ("cpu", "cuda", "aut
     """``device`` when it names an allowed device that exists here; 'cuda' without a GPU is a ``UserError``."""
     kind = device.split(":", 1)[0]
     if kind not in allowed:
-        raise UserError("--device", f"{device!r} is not a device", " or ".join(allowed))
+        raise UserError("--device", f"{device!r} is not a device", " or ".join(
+            f"{name}, {name}:N" if name == "cuda" else name for name in allowed))
     if kind == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            raise UserError("--device", f"{device!r} but CUDA is not available on this machine", "cpu or auto")
+            raise UserError("--device", f"{device!r} but CUDA is not available on this machine",
+                            " or ".join(name for name in allowed if name != "cuda"))
         if ":" in device:
             index = device.split(":", 1)[1]
             if not index.isdigit() or int(index) >= torch.cuda.device_count():
