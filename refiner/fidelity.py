@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 
 from refiner.data import boundary_map
+from refiner.edges import as_unit_image as _as_unit_image
+from refiner.edges import edge_agreement, strong_edges
 
 Segmenter = Callable[[np.ndarray, float], np.ndarray]
 
@@ -69,44 +71,10 @@ class FidelityResult:
         return asdict(self)
 
 
-def _as_unit_image(image: np.ndarray, name: str) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) image, got shape {image.shape}")
-    return image.astype(np.float32)
-
-
-def strong_edges(image: np.ndarray, *, sigma_px: float = 1.5, quantile: float = 0.97) -> np.ndarray:
-    """(H, W) bool one-pixel-wide strong edges: Canny on the Gaussian-smoothed image with the high threshold at
-    the ``quantile`` of its gradient magnitude and the low one at half of it (invariant to a global gain)."""
-    img = _as_unit_image(image, "image")
-    smooth = cv2.GaussianBlur(img, (0, 0), sigma_px) if sigma_px > 0 else img
-    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
-    high = float(np.quantile(np.hypot(gx, gy), quantile))
-    if high <= 0:
-        return np.zeros(img.shape, bool)
-    # Canny on 16-bit Sobel derivatives: scale so that thresholds keep their float precision.
-    scale = 2000.0 / high
-    dx = np.clip(np.rint(gx * scale), -32768, 32767).astype(np.int16)
-    dy = np.clip(np.rint(gy * scale), -32768, 32767).astype(np.int16)
-    return cv2.Canny(dx, dy, 1000.0, 2000.0, L2gradient=True) > 0
-
-
 def boundary_f_score(edges: np.ndarray, labels: np.ndarray, tolerance_px: int = 1) -> BoundaryScore:
     """Precision/recall/F of image edges against the label map's instance boundaries, matched within
     ``tolerance_px`` (Euclidean distance transform)."""
-    edges = np.asarray(edges, bool)
-    truth = boundary_map(labels)
-    if edges.shape != truth.shape:
-        raise ValueError(f"edges {edges.shape} and labels {truth.shape} must have the same shape")
-    if not truth.any() or not edges.any():
-        return BoundaryScore(0.0, 0.0, 0.0)
-    to_truth = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    to_edge = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    precision = float((to_truth[edges] <= tolerance_px).mean())
-    recall = float((to_edge[truth] <= tolerance_px).mean())
-    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    precision, recall, f = edge_agreement(edges, boundary_map(labels), tolerance_px)
     return BoundaryScore(precision, recall, f)
 
 

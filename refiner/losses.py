@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import kornia
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +37,8 @@ def gan_g_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 def low_pass(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Gaussian blur (reflect padding), kernel +-3 sigma."""
     k = 2 * max(1, round(3 * sigma_px)) + 1
+    import kornia  # here, not at import: training code that only augments runs where kornia is absent
+
     return kornia.filters.gaussian_blur2d(x, (k, k), (sigma_px, sigma_px), border_type="reflect")
 
 

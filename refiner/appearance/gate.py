@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
+
+from refiner.edges import edge_agreement, strong_edges
 
 Segmenter = Callable[[np.ndarray, float], np.ndarray]
 
@@ -38,34 +39,11 @@ def load_segmenter(spec: str) -> Segmenter:
     return segment
 
 
-def strong_edges(image: np.ndarray, *, sigma_px: float = 1.5, quantile: float = 0.97) -> np.ndarray:
-    """One-pixel strong edges (Canny, high threshold at the gradient-magnitude ``quantile``): the rule of
-    ``refiner.fidelity.strong_edges``, here without that module's dataset imports."""
-    img = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
-    smooth = cv2.GaussianBlur(img, (0, 0), sigma_px) if sigma_px > 0 else img
-    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3)
-    high = float(np.quantile(np.hypot(gx, gy), quantile))
-    if high <= 0:
-        return np.zeros(img.shape, bool)
-    scale = 2000.0 / high
-    dx = np.clip(np.rint(gx * scale), -32768, 32767).astype(np.int16)
-    dy = np.clip(np.rint(gy * scale), -32768, 32767).astype(np.int16)
-    return cv2.Canny(dx, dy, 1000.0, 2000.0, L2gradient=True) > 0
-
-
 def boundary_f(image: np.ndarray, labels: np.ndarray, tolerance_px: int) -> float:
     """F-score of the image's strong edges against the labels' instance boundaries, within ``tolerance_px``."""
     from eval.calibrate.image_stats import boundary_map
 
-    edges, truth = strong_edges(image), boundary_map(labels)
-    if not edges.any() or not truth.any():
-        return 0.0
-    to_truth = cv2.distanceTransform((~truth).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    to_edge = cv2.distanceTransform((~edges).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    p = float((to_truth[edges] <= tolerance_px).mean())
-    r = float((to_edge[truth] <= tolerance_px).mean())
-    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+    return edge_agreement(strong_edges(image), boundary_map(labels), tolerance_px)[2]
 
 
 def segmentation_scores(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], pixel_size_nm: float,

@@ -39,6 +39,7 @@ from refiner.appearance.nets import (
     draw_noise,
     latent_to_noise,
 )
+from refiner.losses import AugmentConfig, diff_augment
 
 STATE_FILE = "state.pt"
 MODEL_FILE = "model.pt"
@@ -207,27 +208,10 @@ def gaussian_blur(x: torch.Tensor, sigma_px: float) -> torch.Tensor:
 
 
 def joint_augment(x: torch.Tensor, translation: float, cutout: float, generator: torch.Generator) -> torch.Tensor:
-    """DiffAugment (translation with zero fill, cutout) per sample, the same for all channels of a sample, so
-    stacking real and generated crops with their buffers along channels augments them alike. Differentiable."""
-    b, _, h, w = x.shape
-    dev = x.device
-    if translation > 0:
-        sy, sx = int(h * translation), int(w * translation)
-        ty = torch.randint(-sy, sy + 1, (b, 1, 1), generator=generator).to(dev)
-        tx = torch.randint(-sx, sx + 1, (b, 1, 1), generator=generator).to(dev)
-        rows = (torch.arange(h, device=dev)[None, :, None] + ty + 1).clamp(0, h + 1).expand(b, h, w)
-        cols = (torch.arange(w, device=dev)[None, None, :] + tx + 1).clamp(0, w + 1).expand(b, h, w)
-        batch = torch.arange(b, device=dev)[:, None, None].expand(b, h, w)
-        x = F.pad(x, (1, 1, 1, 1))[batch, :, rows, cols].permute(0, 3, 1, 2)
-    if cutout > 0:
-        ch, cw = max(1, int(h * cutout)), max(1, int(w * cutout))
-        cy = torch.randint(0, h - ch + 1, (b, 1, 1), generator=generator).to(dev)
-        cx = torch.randint(0, w - cw + 1, (b, 1, 1), generator=generator).to(dev)
-        yy = torch.arange(h, device=dev)[None, :, None]
-        xx = torch.arange(w, device=dev)[None, None, :]
-        keep = ~((yy >= cy) & (yy < cy + ch) & (xx >= cx) & (xx < cx + cw))
-        x = x * keep[:, None].to(x.dtype)
-    return x
+    """DiffAugment (``refiner.losses.diff_augment``: translation with zero fill, cutout) per sample, the same
+    for all channels of a sample, so stacking real and generated crops with their buffers along channels
+    augments them alike. Differentiable."""
+    return diff_augment(x, AugmentConfig(translation=translation, cutout=cutout), generator)
 
 
 def edge_penalty(correction: torch.Tensor, buffers: torch.Tensor, sigma_px: float = 1.5) -> torch.Tensor:
