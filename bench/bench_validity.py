@@ -228,6 +228,44 @@ def selection(metrics: dict, train_ws: dict, configs: dict, folds: list[int]) ->
     return out
 
 
+def plot(results: dict, out_png: Path) -> Path:
+    """One panel per model: each metric's real value and each config's synthetic value (mean over folds x seeds,
+    bars at +-1 SD), the tolerance band around the real value shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    configs = [c for c in results["metrics"] if c != "selected"]
+    models = list(results["metrics"][configs[0]])
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), squeeze=False)
+    x = np.arange(len(METRICS))
+    width = 0.8 / (len(configs) + 1)
+    for ax, model in zip(axes[0], models, strict=True):
+        # the real value of a synthetic-trained model depends on the config it was trained on: first config's
+        real = np.array([[r["real"][m] for r in results["metrics"][configs[0]][model]] for m in METRICS], float)
+        tol = np.array([TOLERANCE.get(m, 0.05) for m in METRICS])
+        mean = np.nanmean(real, 1)
+        ax.bar(x - 0.4 + width / 2, mean, width, yerr=np.nanstd(real, 1), color="0.3", label="real")
+        ax.bar(x - 0.4 + width / 2, 2 * tol, width * (len(configs) + 1), bottom=mean - tol, color="0.85",
+               zorder=0, label="real +- tolerance")
+        for i, config in enumerate(configs, start=1):
+            syn = np.array([[r["synthetic"][m] for r in results["metrics"][config][model]] for m in METRICS], float)
+            ax.bar(x - 0.4 + width / 2 + i * width, np.nanmean(syn, 1), width, yerr=np.nanstd(syn, 1),
+                   label=f"{config} synthetic")
+        ax.set_xticks(x, [m.replace("_rel_err", " err").replace("_rate", "") for m in METRICS], rotation=30)
+        ax.axhline(0, color="k", lw=0.5)
+        trained = "synthetic" in model
+        ax.set_title(model + (f"\n(real bars: the U-Net trained on {configs[0]})" if trained and len(configs) > 1 else ""),
+                     fontsize=10)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Bench validity: real vs synthetic test images (mean over folds x seeds, bars +-1 SD)")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -250,7 +288,9 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     if args.summary:
-        print(summarise(json.loads((out / "validity.json").read_text())))
+        results = json.loads((out / "validity.json").read_text())
+        print(summarise(results))
+        print(f"plot: {plot(results, out / 'validity.png')}")
         return
     if args.real_dataset is None and not (args.reference / "classes").is_dir():
         sys.exit(f"{args.reference}: no classes/ folder (the reference set with class masks is needed); skipped")
@@ -352,6 +392,7 @@ def main() -> None:
     results["wall_s"] = time.perf_counter() - start
     (out / "validity.json").write_text(json.dumps(results, indent=1, default=float))
     print(summarise(results))
+    print(f"plot: {plot(results, out / 'validity.png')}")
     print(f"\nwall time {results['wall_s']:.0f} s; written {out / 'validity.json'}")
 
 
