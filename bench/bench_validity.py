@@ -255,9 +255,8 @@ def plot(results: dict, out_png: Path) -> Path:
                    label=f"{config} synthetic")
         ax.set_xticks(x, [m.replace("_rel_err", " err").replace("_rate", "") for m in METRICS], rotation=30)
         ax.axhline(0, color="k", lw=0.5)
-        trained = "synthetic" in model
-        ax.set_title(model + (f"\n(real bars: the U-Net trained on {configs[0]})" if trained and len(configs) > 1 else ""),
-                     fontsize=10)
+        note = f"\n(real bars: the U-Net trained on {configs[0]})" if "synthetic" in model and len(configs) > 1 else ""
+        ax.set_title(model + note, fontsize=10)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Bench validity: real vs synthetic test images (mean over folds x seeds, bars +-1 SD)")
     fig.tight_layout()
