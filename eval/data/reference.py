@@ -15,7 +15,7 @@ import tifffile
 
 from simulator.io.reader import info_bar_start
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bam-tio2-sem"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "bam-tio2-sem"
 _UNITS_NM = {"nm": 1.0, "um": 1e3, "µm": 1e3, "pm": 1e-3, "fm": 1e-6, "m": 1e9}
 
 
