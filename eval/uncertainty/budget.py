@@ -19,8 +19,9 @@ Supported design (balanced, crossed training draws x seeds; the other two source
 
 1. Training table y[i, j], i = 1..a training-set draws (bootstrap resamples of the training images or fresh
    simulated training sets), j = 1..r seeds (r >= 2), every model evaluated on the same test images with the
-   same noise realisation (so c and d are constant in this table and fall into the mean). One-way random
-   effects ANOVA, method of moments:
+   same noise realisation (so c and d are constant in this table and fall into the mean). Every run has its
+   own seed (nested in the draw, spawned from a SeedSequence): reusing seed j across draws would add a seed main
+   effect that cancels from MSB and biases s_train^2 low. One-way random effects ANOVA, method of moments:
 
        MSW = sum_ij (y_ij - ybar_i)^2 / (a (r - 1))       E[MSW] = s_seed^2              df_W = a (r - 1)
        MSB = r sum_i (ybar_i - ybar)^2 / (a - 1)          E[MSB] = s_seed^2 + r s_train^2  df_B = a - 1
