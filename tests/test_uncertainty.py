@@ -195,3 +195,26 @@ def test_budget_is_plain_json(budgets):
     record = budgets[0].as_dict()
     assert json.loads(json.dumps(record)) == record
     assert all(type(v) in (str, float) for c in record["components"] for v in c.values())
+
+
+def test_split_design_covers_the_known_components():
+    """The issue's layout: K models on K training-set draws (own seeds), K models on one set with K seeds."""
+    from eval.uncertainty.budget import training_components_split
+
+    rng = np.random.default_rng(23)
+    k = 10
+    hits = {TRAIN: [], SEED: []}
+    raw = []
+    for _ in range(REPS):
+        draws = MU_NM + rng.normal(0, SIGMA[TRAIN], k) + rng.normal(0, SIGMA[SEED], k)
+        seeds = MU_NM + rng.normal(0, SIGMA[TRAIN]) + rng.normal(0, SIGMA[SEED], k)
+        train, seed = training_components_split(draws, seeds)
+        raw.append(train.variance_raw)
+        for c in (train, seed):
+            hits[c.name].append(c.variance_low <= SIGMA[c.name] ** 2 <= c.variance_high)
+    for name, h in hits.items():
+        assert 0.88 <= np.mean(h) <= 0.99, (name, np.mean(h))
+    sd = np.sqrt((2 * (SIGMA[TRAIN] ** 2 + SIGMA[SEED] ** 2) ** 2 + 2 * SIGMA[SEED] ** 4) / (k - 1) / REPS)
+    assert abs(np.mean(raw) - SIGMA[TRAIN] ** 2) < 4 * sd
+    with pytest.raises(ValueError, match=r"retraining seeds: 1 models per row \(expected at least 2\)"):
+        training_components_split([1.0, 2.0], [3.0])

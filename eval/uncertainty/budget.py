@@ -15,7 +15,8 @@ counted where the design measures it, see below). The combined standard uncertai
     u_c = sqrt(s_train^2 + s_seed^2 + s_noise^2 + s_test^2)        (root sum of squares, GUM 5.1.2)
     U   = k u_c, k = 2
 
-Supported design (balanced, crossed training draws x seeds; the other two sources measured per model):
+Supported design (balanced training draws x seeds, seeds nested in draws; the other two sources measured per
+model). The split design of the issue is in ``training_components_split``.
 
 1. Training table y[i, j], i = 1..a training-set draws (bootstrap resamples of the training images or fresh
    simulated training sets), j = 1..r seeds (r >= 2), every model evaluated on the same test images with the
@@ -236,6 +237,32 @@ def training_components(table: Sequence[Sequence[float]] | np.ndarray) -> tuple[
     df_train = diff**2 / (msb**2 / df_b + msw**2 / df_w) if diff > 0 else 0.0
     train = _component(TRAIN, diff / r, low_b / r, high_b / r, float(df_train), "MLS (Graybill-Wang)")
     return train, seed
+
+
+def training_components_split(
+    draws: Sequence[float] | np.ndarray, seeds: Sequence[float] | np.ndarray
+) -> tuple[Component, Component]:
+    """Training-set and retraining components from the split design (the issue's two separate runs of K models).
+
+    draws : (K1,) one model per training-set draw, each with its own seed: Var = s_train^2 + s_seed^2.
+    seeds : (K2,) models on one training set, different seeds:             Var = s_seed^2.
+    s_seed^2 = S2^2 (chi-square, K2 - 1 df); s_train^2 = max(0, S1^2 - S2^2), MLS interval, Satterthwaite df.
+    Less efficient than the crossed table for the same number of models (the seed variance is learned from one
+    training set only), but it is what "K models per source" gives.
+    """
+    d = as_table(np.asarray(draws, dtype=float).reshape(1, -1) if np.ndim(draws) == 1 else draws,
+                 name="training-set draws", rows="tables", cols="models", min_rows=1, min_cols=2)
+    e = as_table(np.asarray(seeds, dtype=float).reshape(1, -1) if np.ndim(seeds) == 1 else seeds,
+                 name="retraining seeds", rows="tables", cols="models", min_rows=1, min_cols=2)
+    if d.shape[0] != 1 or e.shape[0] != 1:
+        raise ValueError(f"split design: expected two 1-D arrays, got shapes {d.shape} and {e.shape}")
+    df1, df2 = d.shape[1] - 1, e.shape[1] - 1
+    s1, s2 = float(d.var(ddof=1)), float(e.var(ddof=1))
+    seed = _component(SEED, s2, *_chi2_interval(s2, df2), float(df2), "chi-square")
+    low, high = mls_difference_interval(s1, df1, s2, df2)
+    diff = s1 - s2
+    df_train = diff**2 / (s1**2 / df1 + s2**2 / df2) if diff > 0 else 0.0
+    return _component(TRAIN, diff, low, high, float(df_train), "MLS (Graybill-Wang)"), seed
 
 
 def combine(components: Sequence[Component], *, measurand: str, mean: float, k: float = COVERAGE_FACTOR) -> Budget:
