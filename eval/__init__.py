@@ -9,6 +9,8 @@
     evaluate     a model on a dataset: metrics.json, per_image.csv, report.html
     robustness/  a model over a simulated sweep: rows -> binomial bounds -> operating ranges, tables, designs
     validate/    bench validity: a model's errors on real vs synthetic images (degrade -> compare -> sweep -> report)
+    uncertainty/ budget of one measurand: variance components (training set, retraining, input noise, test
+                 sampling) with intervals -> combined and expanded uncertainty (orchestration not built yet)
     report/      HTML reports and their plots
     training     the training skeleton of every network (device, seeded streams, checkpoints, resume)
     jsonable     results as plain JSON types
