@@ -307,6 +307,32 @@ def evaluate(
 
 
 @app.command()
+def factors(
+    dataset: Path = typer.Argument(..., help="Dataset folder (simulate, ingest or refine output); raw SEM images "
+                                   "need `cli.py ingest` first."),
+    out: Path = typer.Option(..., "--out", help="JSON file to write: per-image factors and their summary."),
+) -> None:
+    """Per-image influence factors (noise, probe blur, levels, coverage, crowding, sizes) and their summary."""
+    from eval.factors import dataset_factors, open_dataset
+    from simulator.io.errors import UserError
+    from simulator.io.files import atomic_write_json
+
+    if out.is_dir():
+        raise UserError(out, "is a folder", "a JSON file to write, e.g. factors.json")
+    images = open_dataset(dataset)
+    bar, tick = _progress("factors", len(images))
+    with bar:
+        result = dataset_factors(images, on_image=tick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, result)
+    for name in ("blur_sigma_nm", "substrate_noise_std", "snr", "coverage", "touching_fraction", "d50_nm"):
+        row = result["summary"].get(name, {})
+        if row.get("n"):
+            typer.echo(f"{name:>20}: median {row['median']:.4g}  IQR {row['iqr']:.3g}  ({row['n']} images)")
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
 def robustness(
     sweep: Path = typer.Argument(..., help="Sweep config (TOML with [sweep]), e.g. configs/sweeps/robustness.toml."),
     model: str = typer.Option(..., "--model", help="Model spec, as for evaluate."),
