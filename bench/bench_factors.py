@@ -1,9 +1,11 @@
 """Recovery of the influence-factor estimators (eval/factors.py) on simulated images of known truth.
 
 Around the nominal point of configs/sweeps/robustness.toml (384 x 288 px, 7.344 nm/px), one factor at a time:
-probe.sigma_nm and detector.probe_current_pA over the sweep's levels, field.primaries_per_um2 over 2-16 (the
-sweep holds it at 8). Each scene is rendered once (geometry, shading); charging, probe blur and detector are
-re-run per level with the pipeline's own stages, and once without noise for the true noise.
+probe.sigma_nm, detector.probe_current_pA and image.pixel_size_nm over the sweep's levels (the pixel sweep
+at the nominal 3.2 nm probe); field.primaries_per_um2 over 2-16 and aggregate.primaries_median over 1-7 (the
+sweep holds them at 8 and 7), to spread coverage and touching fraction. Each scene is rendered once
+(geometry, shading); charging, probe blur and detector are re-run per level with the pipeline's own stages, and
+once without noise for the true noise.
 
 Truths: blur = the probe sigma; noise = std of (noisy - noise-free) detector output on the substrate (> 3 px
 from any particle); equivalent counts = (noise-free substrate mean / that std)^2; coverage and touching
@@ -37,7 +39,9 @@ NOMINAL = {"image": {"width_px": 384, "height_px": 288}, "field": {"primaries_pe
 SWEEPS = {
     "probe.sigma_nm": [2.0, 10.0, 20.0],
     "detector.probe_current_pA": [5.0, 20.0, 500.0],
+    "image.pixel_size_nm": [4.0, 12.0, 18.0],
     "field.primaries_per_um2": [2.0, 8.0, 16.0],
+    "aggregate.primaries_median": [1.0, 2.0, 7.0],
 }
 TARGETS = {"blur_sigma_nm": 0.15, "substrate_noise_std": 0.10, "equivalent_counts": 0.20,
            "coverage": 0.10, "touching_fraction": 0.10}
@@ -86,7 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     shown = {"probe.sigma_nm": ("blur_sigma_nm",),
              "detector.probe_current_pA": ("substrate_noise_std", "equivalent_counts"),
-             "field.primaries_per_um2": ("coverage", "touching_fraction")}
+             "image.pixel_size_nm": ("blur_sigma_nm", "substrate_noise_std"),
+             "field.primaries_per_um2": ("coverage", "touching_fraction"),
+             "aggregate.primaries_median": ("touching_fraction", "coverage")}
     print("| swept factor | level | estimated factor | truth | from image: est, bias %, spread % | "
           "with labels: est, bias %, spread % | within target (labels / image) |")
     print("|---|---|---|---|---|---|---|")
