@@ -24,21 +24,13 @@ import numpy as np
 from eval.metrics.bootstrap import ImageRecord, Interval
 from eval.metrics.coco import coco_accumulate, coco_evaluate_images
 from eval.metrics.matching import ImageSample, MatchConfig, aggregate_matches, match_image
+from eval.metrics.meanings import METRIC_MEANINGS  # noqa: F401  (validate's report reads it from here)
 from eval.metrics.psd import pooled_sizes, psd_metrics
 
 VALIDATED_METRICS = ("AP50", "F1", "precision", "recall", "split_rate", "merge_rate", "ECD_rel_bias",
                      "D10_rel_err", "D50_rel_err", "D90_rel_err")
 DEFAULT_TOLERANCE = 0.05
 DEFAULT_TOLERANCES = {"F1": 0.05, "split_rate": 0.03, "merge_rate": 0.05, "D50_rel_err": 0.05}  # issue 20
-METRIC_MEANINGS = {
-    "AP50": "COCO mask AP at IoU 0.5", "F1": "F1 of particles matched at IoU > 0.5",
-    "precision": "matched / predicted", "recall": "matched / true",
-    "split_rate": "true particles cut into >= 2 predictions, per true particle",
-    "merge_rate": "predictions covering >= 2 true particles, per prediction",
-    "ECD_rel_bias": "mean relative ECD error of matched pairs, (pred - true) / true",
-    "D10_rel_err": "relative error of D10 of the counted particles' ECD",
-    "D50_rel_err": "relative error of D50 (the size measurand)", "D90_rel_err": "relative error of D90",
-}  # fmt: skip
 
 
 def tolerances(overrides: Mapping[str, float] | None = None) -> dict[str, float]:
