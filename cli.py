@@ -634,8 +634,9 @@ def refine_apply(
         _fail(str(err))
     typer.echo(f"refined {(manifest.get('counts') or {}).get('images', n)} images into {out}/")
 
-appearance_app = typer.Typer(no_args_is_help=True,
-                             help="Paired appearance model p(image | labels): render of the labels + learned residual.")
+
+appearance_app = _App(no_args_is_help=True, rich_markup_mode=None,
+                      help="Paired appearance model p(image | labels): render of the labels + learned residual.")
 app.add_typer(appearance_app, name="appearance")
 
 
