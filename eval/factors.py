@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from eval.calibrate.fit import _instances, _instances_per_region
+from eval.calibrate.fit import instance_shapes, instances_per_region
 from eval.calibrate.image_stats import gradient_magnitude
 from eval.jsonable import to_jsonable
 from simulator.classes import MEASURED_CLASS
@@ -193,7 +193,7 @@ def touching_fraction(labels: np.ndarray, measured_ids: Collection[int] | None =
 
 def particles_per_aggregate(labels: np.ndarray) -> float:
     """Mean instances per connected foreground region (gaps of up to 2 px closed, as manual masks leave them)."""
-    per_region = _instances_per_region(np.asarray(labels))
+    per_region = instances_per_region(np.asarray(labels))
     return float(per_region.mean()) if per_region.size else float("nan")
 
 
@@ -201,7 +201,7 @@ def size_percentiles_nm(labels: np.ndarray, pixel_size_nm: float,
                         measured_ids: Collection[int] | None = None) -> tuple[float, float, float]:
     """D10, D50, D90 (nm) of the area-equivalent diameters of the particles not cut by the border (of
     ``measured_ids`` only when given)."""
-    ecd, _, border, ids = _instances(np.asarray(labels), pixel_size_nm)
+    ecd, _, border, ids = instance_shapes(np.asarray(labels), pixel_size_nm)
     keep = ~border if measured_ids is None else ~border & np.isin(ids, list(measured_ids))
     if not keep.any():
         return (float("nan"),) * 3

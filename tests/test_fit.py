@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from eval.calibrate.fit import _instances, dataset_samples, fit, measure
+from eval.calibrate.fit import dataset_samples, fit, instance_shapes, measure
 from simulator.config import config_from_dict, config_to_toml, load_config
 from simulator.io.writer import write_dataset
 
@@ -16,7 +16,7 @@ def test_instance_sizes_and_border_flags():
     yy, xx = np.mgrid[0:100, 0:100]
     labels[(yy - 50) ** 2 + (xx - 50) ** 2 < 20**2] = 1
     labels[0:10, 0:10] = 2
-    ecd, solidity, border, _ = _instances(labels, 2.0)
+    ecd, solidity, border, _ = instance_shapes(labels, 2.0)
     assert ecd[0] == pytest.approx(80.0, rel=0.02)  # a disc of radius 20 px at 2 nm/px
     assert solidity[0] > 0.9 and border.tolist() == [False, True]
 

@@ -59,7 +59,7 @@ class DatasetStats:
         }
 
 
-def _instances(labels: np.ndarray, pixel_size_nm: float):
+def instance_shapes(labels: np.ndarray, pixel_size_nm: float):
     """ECD (nm), solidity, border flag and id of every instance of a label image."""
     n = int(labels.max())
     if n == 0:
@@ -82,7 +82,7 @@ def _instances(labels: np.ndarray, pixel_size_nm: float):
     return ecd[present], solidity[present], border[present], np.flatnonzero(present) + 1
 
 
-def _instances_per_region(labels: np.ndarray) -> np.ndarray:
+def instances_per_region(labels: np.ndarray) -> np.ndarray:
     """Instances in each connected foreground region, after closing the 1-2 px gaps between touching ones."""
     fg = cv2.dilate((labels > 0).astype(np.uint8), np.ones((2 * _GAP_CLOSING_PX + 1,) * 2, np.uint8))
     n, regions = cv2.connectedComponents(fg, connectivity=8)
@@ -100,7 +100,7 @@ def measure(samples) -> DatasetStats:
     ecd_all, clean, per_region, rows = [], [], [], []
     by_class = None
     for image, labels, pixel_nm, measured in samples:
-        ecd, solidity, border, ids = _instances(labels, pixel_nm)
+        ecd, solidity, border, ids = instance_shapes(labels, pixel_nm)
         if by_class is None:
             by_class = measured is not None
         elif by_class != (measured is not None):
@@ -108,7 +108,7 @@ def measure(samples) -> DatasetStats:
         keep = ~border if measured is None else ~border & np.isin(ids, np.fromiter(measured, int, len(measured)))
         ecd_all.append(ecd[keep])
         clean.append(ecd[keep & (solidity >= _SOLIDITY) & (ecd >= _MIN_ECD_NM)])
-        per_region.append(_instances_per_region(labels))
+        per_region.append(instances_per_region(labels))
         rows.append(image_statistics(image, labels > 0, pixel_nm))
     ecd_all, clean, per_region = (np.concatenate(x) for x in (ecd_all, clean, per_region))
     if len(ecd_all) == 0 or len(clean) < 2:
