@@ -183,7 +183,7 @@ def fit(
     probe_writable(out, folder=False)  # before the calibration rounds
     try:
         base_cfg = load_config(base) if base else SimConfig()
-        real_stats = measure(dataset_samples(real))
+        real_stats = measure(dataset_samples(real), base_cfg.shading.et_azimuth_deg)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     pixel_sizes = [pixel_nm for pixel_nm in read_dataset(real, labels=False).pixel_sizes_nm() if pixel_nm is not None]
@@ -198,7 +198,8 @@ def fit(
                            pixel_size_nm=float(np.median(pixel_sizes)) if pixel_sizes else None, on_round=progress)
     # fresh images, not the ones fitted to, with the image-to-image spreads on: three times as many, since the
     # median coverage of a few images scatters by about 20 %
-    fitted_stats = measure(simulated_samples(cfg, 3 * n_sim, seed + 1, measured_class=real_stats.measured_class))
+    fitted_stats = measure(simulated_samples(cfg, 3 * n_sim, seed + 1, measured_class=real_stats.measured_class),
+                           cfg.shading.et_azimuth_deg)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, config_to_toml(cfg, header=f"fitted by `cli.py fit {real}` ({rounds} rounds)").encode())
     table = report_table(real_stats, fitted_stats)

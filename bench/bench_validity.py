@@ -132,6 +132,24 @@ def simulate(cfg, out: Path, n: int, seed: int, workers: int) -> Path:
     return out
 
 
+def fitted_config(base, real_train: Path, out_toml: Path, n_sim: int, rounds: int):
+    """``base`` calibrated to the real training images by ``cli.py fit``'s rounds (written to ``out_toml``)."""
+    from eval.calibrate.fit import dataset_samples, fit, measure
+    from simulator.config import config_to_toml, load_config
+
+    if not out_toml.exists():
+        real = measure(dataset_samples(real_train), base.shading.et_azimuth_deg)
+        pixel_nm = float(np.median([p for p in read_dataset(real_train, labels=False).pixel_sizes_nm() if p]))
+        cfg, _ = fit(real, base, n_sim=n_sim, rounds=rounds, seed=0, pixel_size_nm=pixel_nm)
+        out_toml.write_text(config_to_toml(cfg, header=f"fitted to {real_train} by bench_validity"))
+    return load_config(out_toml)
+
+
+def syn_checkpoint(out: Path, syn_train: Path, seed: int) -> Path:
+    """The synthetic-trained U-Net of a synthetic training set (``syn_NAME[_fK]_train``) and seed."""
+    return out / f"unet_{syn_train.name.removesuffix('_train')}_s{seed}.pt"
+
+
 # ------------------------------------------------------------------------------------------------ jobs
 def run(cmd: list[str], log: Path) -> None:
     """A CLI call in its own process (its own CUDA context), output to ``log``; raises on failure."""
@@ -274,6 +292,11 @@ def main() -> None:
                         help="the reference images already ingested with classes (instead of --reference)")
     parser.add_argument("--config", action="append", default=None,
                         help="NAME=TOML simulator config to validate (repeat; default: default=configs/default.toml)")
+    parser.add_argument("--fit", action="append", default=None,
+                        help="NAME=TOML base config fitted per fold on the fold's real training images (cli.py fit's "
+                             "calibration: sizes, levels, noise, lighting, crevices), then validated (repeat)")
+    parser.add_argument("--fit-n-sim", type=int, default=15, help="simulated images per calibration round")
+    parser.add_argument("--fit-rounds", type=int, default=4)
     parser.add_argument("--folds", default="0,1,2,3")
     parser.add_argument("--seeds", default="0,1", help="U-Net training seeds")
     parser.add_argument("--steps", type=int, default=2000)
@@ -296,7 +319,8 @@ def main() -> None:
         sys.exit(f"{args.reference}: no classes/ folder (the reference set with class masks is needed); skipped")
     from simulator.config import load_config
 
-    configs = dict(c.split("=", 1) for c in (args.config or ["default=configs/default.toml"]))
+    fits = dict(c.split("=", 1) for c in (args.fit or []))
+    configs = dict(c.split("=", 1) for c in (args.config or ([] if fits else ["default=configs/default.toml"])))
     folds = [int(f) for f in args.folds.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     c2st_seeds = [int(s) for s in args.c2st_seeds.split(",")] if args.c2st_seeds else []
@@ -321,20 +345,27 @@ def main() -> None:
                 real[k, part] = subset_dataset(args.real_dataset, subset, d)
             else:
                 real[k, part] = ingest_subset(args.reference, subset, d)
-    syn_train, syn_test, cfgs = {}, {}, {}
+    configs = {**configs, **fits}
+    syn_train, syn_test = {}, {}
     for name, path in configs.items():
-        cfgs[name] = load_config(ROOT / path if not Path(path).is_absolute() else path)
-        syn_train[name] = simulate(cfgs[name], out / f"syn_{name}_train", args.n_train, 1, args.jobs)
+        base = load_config(ROOT / path if not Path(path).is_absolute() else path)
         for k in folds:
-            cfg_k = fitted_classes(cfgs[name], syn_train[name], real[k, "train"])
+            if name in fits:  # its own config per fold, fitted on the fold's training images only
+                cfg = fitted_config(base, real[k, "train"], out / f"fit_{name}_f{k}.toml", args.fit_n_sim,
+                                    args.fit_rounds)
+                syn_train[name, k] = simulate(cfg, out / f"syn_{name}_f{k}_train", args.n_train, 1, args.jobs)
+            else:
+                cfg = base
+                syn_train[name, k] = simulate(cfg, out / f"syn_{name}_train", args.n_train, 1, args.jobs)
+            cfg_k = fitted_classes(cfg, syn_train[name, k], real[k, "train"])
             syn_test[name, k] = simulate(cfg_k, out / f"syn_{name}_f{k}_test", args.n_test, 1000 + k, args.jobs)
     print(f"data ready in {time.perf_counter() - start:.0f} s", flush=True)
 
     # 2. models
     jobs = [([real[k, "train"]], out / f"unet_real_f{k}_s{s}.pt", args.steps, s, args.device)
             for k in folds for s in seeds]
-    jobs += [([syn_train[n]], out / f"unet_syn_{n}_s{s}.pt", args.steps, s, args.device)
-             for n in configs for s in seeds]
+    jobs += [([syn_train[n, k]], syn_checkpoint(out, syn_train[n, k], s), args.steps, s, args.device)
+             for n in configs for k in (folds if n in fits else folds[:1]) for s in seeds]
     if args.watershed_only:
         jobs = []
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -347,7 +378,7 @@ def main() -> None:
         for k in folds:
             for s in [] if args.watershed_only else seeds:
                 for model, spec in (("U-Net (real-trained)", f"unet:{out / f'unet_real_f{k}_s{s}.pt'}"),
-                                    ("U-Net (synthetic-trained)", f"unet:{out / f'unet_syn_{n}_s{s}.pt'}")):
+                                    ("U-Net (synthetic-trained)", f"unet:{syn_checkpoint(out, syn_train[n, k], s)}")):
                     for side, data in (("real", real[k, "test"]), ("synthetic", syn_test[n, k])):
                         plan.append((n, model, k, s, side, data, spec))
             for side, data in (("real", real[k, "test"]), ("synthetic", syn_test[n, k])):
@@ -368,6 +399,7 @@ def main() -> None:
     results = {"metrics": {n: {m: [{"fold": k, "seed": s, **r} for (k, s), r in runs.items()]
                                for m, runs in per.items()} for n, per in metrics.items()}}
     results["selection"] = selection(metrics, train_ws, configs, folds)
+    results["fitted"] = {n: {str(k): str(out / f"fit_{n}_f{k}.toml") for k in folds} for n in fits}
     if len(configs) > 1:  # the config chosen per fold on its training images, scored on its test images
         chosen = {k: results["selection"][str(k)]["chosen"] for k in folds}
         models = metrics[next(iter(configs))]

@@ -180,6 +180,8 @@ class ShadingConfig:
     et_shadow_range_nm: float = 25.0  # shadows fade over this distance from the particle (0 = line of sight)
     se2_fraction: float = 0.0  # share of a particle's signal that is SE2, spread over the particle (0 = none)
     se2_range_nm: float = 30.0  # ... Gaussian sigma of that spread (lateral BSE exit distance)
+    particle_yield_spread: float = 0.0  # particle-to-particle spread of the yield (log-normal sigma; 0 = none)
+    particle_yield_tilt: float = 0.0  # SD of each component of a per-particle yield ramp, per radius (0 = none)
 
     def __post_init__(self) -> None:
         _check_range("shading.beam_energy_keV", self.beam_energy_keV, 0.1, 40.0)
@@ -210,6 +212,8 @@ class ShadingConfig:
         _check_range("shading.crevice_occlusion", self.crevice_occlusion, 0.0, 1.0)
         _check_range("shading.se2_fraction", self.se2_fraction, 0.0, 1.0)
         _check_range("shading.se2_range_nm", self.se2_range_nm, 0.0, 1e4, lo_open=True)
+        _check_range("shading.particle_yield_spread", self.particle_yield_spread, 0.0, 1.5)
+        _check_range("shading.particle_yield_tilt", self.particle_yield_tilt, 0.0, 2.0)
         _check_range("shading.et_shadow", self.et_shadow, 0.0, 1.0)
 
 

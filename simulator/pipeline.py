@@ -24,10 +24,11 @@ from simulator.instrument.probe import probe_blur
 from simulator.instrument.scan import scan_offsets_px
 from simulator.io.files import quantize
 from simulator.render import RenderOut, render
-from simulator.shading import facet_normals, shade
+from simulator.shading import facet_normals, particle_gains, shade
 from simulator.specimen import residue_rims, substrate_texture
 
-STAGE_STREAMS = ("geometry", "shading", "instrument", "detector", "residue")  # append only: keeps the others
+# append only: a new stream leaves the others (hence every existing image) unchanged
+STAGE_STREAMS = ("geometry", "shading", "instrument", "detector", "residue", "particle_yield")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,10 @@ def simulate_image(cfg: SimConfig, seed: int, index: int, timings: dict[str, flo
     normal = clock(
         "facets", facet_normals, buffers, cfg.shading.facets, cfg.shading.facet_count, rngs["shading"]
     )
-    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, pixel_nm, texture, normal, rims)
+    sh = cfg.shading
+    gains = particle_gains(buffers.n_instances, sh.particle_yield_spread, sh.particle_yield_tilt,
+                           rngs["particle_yield"])
+    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, pixel_nm, texture, normal, rims, gains)
     signal = clock("charging", charge, ideal, buffers, scene, cfg.charging, pixel_nm)
     signal = clock("probe blur", probe_blur, signal, cfg.probe, pixel_nm)
     image = clock("detector noise", detect, signal, cfg.detector, cfg.scan.dwell_time_us, rngs["detector"])

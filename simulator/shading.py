@@ -6,11 +6,16 @@ Per pixel, the mean number of SE collected per primary electron:
 
 - tilt contrast: theta is the angle between the surface normal and the beam (normal-based); optional facets
   pull each particle's normals towards a few random facet directions (flat patches, sharp facet edges);
-- material contrast: ``particle_yield`` for TiO2, ``substrate_yield`` * (1 + texture + rims) for the substrate,
-  whose faint texture is Perlin fBm plus ridged Perlin lines (``noise`` package, evaluated once on a tileable
-  grid, then placed with a random shift and rotation per image), and whose residue islands (dried droplets and
-  thin film patches: the small closed curls that cover real substrates, lobed, in amounts that differ from image
-  to image) show as thin rims: the edge effect and the relief of a film edge a few nm high (``residue_rims``);
+- material contrast: ``particle_yield`` for TiO2 (times a per-primary factor, log-normal with mean 1 and sigma
+  ``particle_yield_spread``, and a linear ramp across the primary of random direction, each component of SD
+  ``particle_yield_tilt`` per equivalent radius): real particles differ in level and are lit unevenly in no
+  preferred direction, far more than their shape's tilt contrast explains (thickness, orientation, surface
+  state, local charging of each particle; an empirical model, fitted by ``cli.py fit``);
+  ``substrate_yield`` * (1 + texture + rims) for the substrate, whose faint texture is Perlin fBm plus ridged
+  Perlin lines (``noise`` package, evaluated once on a tileable grid, then placed with a random shift and
+  rotation per image), and whose residue islands (dried droplets and thin film patches: the small closed curls
+  that cover real substrates, lobed, in amounts that differ from image to image) show as thin rims: the edge
+  effect and the relief of a film edge a few nm high (``residue_rims``);
 - base occlusion: substrate beside a particle loses the SE whose escape paths the particle's side wall takes
   (``base_occlusion`` at the silhouette, fading over ``base_occlusion_range_nm``): the dark halo at the foot of
   every particle; optionally (``crevice_occlusion``, off by default) the same on a particle partly under a
@@ -190,6 +195,33 @@ def _snap_normals(instance_id, normal, dirs, strength):
     return out
 
 
+def particle_gains(n_instances: int, spread: float, tilt: float, rng: np.random.Generator) -> np.ndarray | None:
+    """(n_instances, 3) float32 per primary: a yield factor (log-normal, mean 1, log-sigma ``spread``) and a
+    yield gradient (gx, gy), each component normal with SD ``tilt``, in relative yield per equivalent radius.
+    None when both are 0 (no draw: images without them are unchanged byte for byte)."""
+    if (spread == 0 and tilt == 0) or n_instances == 0:
+        return None
+    z = rng.standard_normal((n_instances, 3))
+    level = np.exp(spread * z[:, 0] - 0.5 * spread**2)
+    return np.column_stack([level, tilt * z[:, 1], tilt * z[:, 2]]).astype(np.float32)
+
+
+def gain_map(instance_id: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Per particle pixel, the yield factor of its primary: level x (1 + g . (x - centre) / radius), centre and
+    equivalent radius of the primary's visible pixels; floored at 0.05. Returns (P,) float32 for the pixels of
+    ``instance_id > 0`` in row-major order."""
+    particle = instance_id > 0
+    ids = instance_id[particle] - 1
+    rows, cols = np.nonzero(particle)
+    n = len(gains)
+    count = np.bincount(ids, minlength=n).astype(np.float64)
+    safe = np.maximum(count, 1)
+    cy, cx = np.bincount(ids, rows, n) / safe, np.bincount(ids, cols, n) / safe
+    radius = np.sqrt(safe / np.pi)
+    rel = (gains[ids, 1] * (cols - cx[ids]) + gains[ids, 2] * (rows - cy[ids])) / radius[ids]
+    return (gains[ids, 0] * np.maximum(1.0 + rel, 0.05)).astype(np.float32)
+
+
 def shade(
     render: RenderOut,
     cfg: ShadingConfig,
@@ -197,10 +229,12 @@ def shade(
     texture: np.ndarray | None = None,
     normal: np.ndarray | None = None,
     rims: np.ndarray | None = None,
+    gains: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render buffers -> (H, W) float32 mean SE collected per primary electron. Labels are not touched.
 
     ``normal`` overrides the render's normals for shading (e.g. ``facet_normals``); heights still give edges.
+    ``gains`` (``particle_gains``): per primary (indexed by instance id - 1) a yield level and gradient.
     """
     if normal is not None:
         render = replace(render, normal=normal)
@@ -217,6 +251,8 @@ def shade(
     if cfg.edge_gain > 0 and cfg.edge_range_nm > 0:
         dist_px = _edge_distance_px(render.height_nm, cfg.edge_step_nm)
         on_particle *= 1.0 + cfg.edge_gain * np.exp(-dist_px[particle] * (pixel_size_nm / edge_range_nm(cfg)))
+    if gains is not None:
+        on_particle *= gain_map(render.instance_id, gains)
     delta[particle] = on_particle
     # One distance map serves the base occlusion and the fading side-detector shadows.
     dist_nm = None

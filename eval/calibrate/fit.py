@@ -11,7 +11,9 @@ exact labels alike:
 then for a few rounds simulates, measures, and corrects each parameter multiplicatively by the ratio of the
 real to the simulated statistic it drives (diameter <- median ECD, number density <- coverage, yields <-
 levels, probe current <- noise, texture <- substrate std, edge gain <- rim/core ratio, probe blur <- edge
-width, in quadrature).
+width, in quadrature; side-detector share <- mean brightness ramp towards the detector, per-particle yield
+spread and ramp <- SD of particle levels and median ramp, in quadrature; crevice occlusion <- level where
+particles touch).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from eval.calibrate.image_stats import image_statistics
+from eval.calibrate.image_stats import contact_darkening, image_statistics, lighting_statistics, particle_lighting
 from simulator.classes import CLASSES, MEASURED_CLASS, instance_classes
 from simulator.config import SimConfig
 from simulator.io.errors import UserError
@@ -34,6 +36,8 @@ from simulator.pipeline import as_written, simulate_image
 _MIN_ECD_NM = 40.0  # smaller "particles" are mostly fragments of hidden ones
 _SOLIDITY = 0.9
 _GAP_CLOSING_PX = 2  # manual masks separate touching particles by a background line
+_LEVEL_PER_LOG_YIELD = 1.4  # particle level (in units of the particle contrast) per unit of relative yield
+_CONTACT_LEVEL_PER_CREVICE = -0.37  # contact-band level per unit of shading.crevice_occlusion (0 -> 0.6: -0.22)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +95,13 @@ def instances_per_region(labels: np.ndarray) -> np.ndarray:
     return counts[counts > 0]
 
 
-def measure(samples) -> DatasetStats:
+def measure(samples, et_azimuth_deg: float = 135.0) -> DatasetStats:
     """Statistics over (image in [0, 1], label image, pixel size nm, measured ids or None) samples.
 
     With measured ids (the particles of the measured class, fully visible), the size statistics use those
     only, as evaluation counts them; without, every visible instance not touching the border.
     """
-    ecd_all, clean, per_region, rows = [], [], [], []
+    ecd_all, clean, per_region, rows, lighting, contacts = [], [], [], [], [], []
     by_class = None
     for image, labels, pixel_nm, measured in samples:
         ecd, solidity, border, ids = instance_shapes(labels, pixel_nm)
@@ -110,7 +114,14 @@ def measure(samples) -> DatasetStats:
         clean.append(ecd[keep & (solidity >= _SOLIDITY) & (ecd >= _MIN_ECD_NM)])
         per_region.append(instances_per_region(labels))
         rows.append(image_statistics(image, labels > 0, pixel_nm))
+        lighting.append(particle_lighting(image, labels, ids[keep]))
+        contacts.append(contact_darkening(image, labels, pixel_nm))
     ecd_all, clean, per_region = (np.concatenate(x) for x in (ecd_all, clean, per_region))
+    light = lighting_statistics(np.concatenate(lighting), et_azimuth_deg)
+    contacts = np.asarray(contacts, np.float64)
+    with np.errstate(all="ignore"):
+        light["contact_level"], light["free_edge_level"] = (
+            float(np.nanmedian(c)) if np.isfinite(c).any() else float("nan") for c in contacts.T)
     if len(ecd_all) == 0 or len(clean) < 2:
         raise ValueError("too few particles not touching the border to measure sizes")
     log_clean, log_regions = np.log(clean), np.log(np.maximum(per_region, 1))
@@ -121,7 +132,7 @@ def measure(samples) -> DatasetStats:
         clean_gsd=float(np.exp(log_clean.std())),
         primaries_median=float(np.median(per_region)),
         primaries_gsd=float(np.exp(log_regions.std())),
-        image={k: float(np.median([r[k] for r in rows])) for k in rows[0]},
+        image={**{k: float(np.median([r[k] for r in rows])) for k in rows[0]}, **light},
         n_images=len(rows),
         measured_class=bool(by_class),
     )
@@ -195,7 +206,8 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
                    primaries_gsd=_clip(real.primaries_gsd, 1.0, 5.0))
     history = []
     for round_ in range(rounds + 1):
-        sim = measure(simulated_samples(cfg, n_sim, seed, measured_class=real.measured_class))
+        sim = measure(simulated_samples(cfg, n_sim, seed, measured_class=real.measured_class),
+                      cfg.shading.et_azimuth_deg)
         history.append({"round": round_, "simulated": sim.summary()})
         if on_round is not None:
             on_round(round_, sim)
@@ -217,6 +229,7 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
             substrate_texture=_clip(sh.substrate_texture * texture_real / texture_sim, 0.0, 1.0),
             edge_gain=_clip(sh.edge_gain * edge_ratio, 0.0, 5.0),
         )
+        cfg = _replace(cfg, "shading", **_lighting_update(cfg.shading, r, s))
         if np.isfinite(r["edge_width_nm"]) and np.isfinite(s["edge_width_nm"]):
             # widths add in quadrature: w^2 = w_intrinsic^2 + sigma_probe^2
             sigma2 = cfg.probe.sigma_nm**2 + r["edge_width_nm"] ** 2 - s["edge_width_nm"] ** 2
@@ -225,6 +238,28 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
         cfg = _replace(cfg, "detector",
                        probe_current_pA=_clip(cfg.detector.probe_current_pA * noise_ratio**2, 0.01, 1e5))
     return _with_spreads(cfg, base.field.density_spread, base.shading.residue_spread), history
+
+
+def _lighting_update(sh, r: dict, s: dict) -> dict:
+    """Side-detector share from the mean ramp towards the detector (proportional); per-particle level spread
+    and ramp SD from the level SD and the median ramp (in quadrature: what the shapes' own shading gives adds
+    to what the per-particle draw gives; one ramp component's SD is about 0.8 x the median magnitude); crevice
+    occlusion from the level where particles touch (linear, with the slope measured on the default shapes)."""
+    out = {}
+    if all(np.isfinite([r["particle_ramp_to_detector"], s["particle_ramp_to_detector"]])):
+        if s["particle_ramp_to_detector"] > 0.02:
+            ratio = max(r["particle_ramp_to_detector"], 0.0) / s["particle_ramp_to_detector"]
+            out["et_fraction"] = _clip(sh.et_fraction * ratio, 0.0, 1.0)
+    if all(np.isfinite([r["particle_level_spread"], s["particle_level_spread"]])):
+        excess = (r["particle_level_spread"] ** 2 - s["particle_level_spread"] ** 2) / _LEVEL_PER_LOG_YIELD**2
+        out["particle_yield_spread"] = _clip(float(np.sqrt(max(sh.particle_yield_spread**2 + excess, 0.0))), 0, 1.5)
+    if all(np.isfinite([r["particle_ramp"], s["particle_ramp"]])):
+        excess = 0.8**2 * (r["particle_ramp"] ** 2 - s["particle_ramp"] ** 2) / _LEVEL_PER_LOG_YIELD**2
+        out["particle_yield_tilt"] = _clip(float(np.sqrt(max(sh.particle_yield_tilt**2 + excess, 0.0))), 0, 2.0)
+    if all(np.isfinite([r["contact_level"], s["contact_level"]])):
+        step = (r["contact_level"] - s["contact_level"]) / _CONTACT_LEVEL_PER_CREVICE
+        out["crevice_occlusion"] = _clip(sh.crevice_occlusion + step, 0.0, 1.0)
+    return out
 
 
 REPORT_ROWS = (
@@ -238,6 +273,11 @@ REPORT_ROWS = (
     ("substrate_std", "substrate std (noise + texture)", "fraction of full scale", None),
     ("particle_mean", "particle mean", "fraction of full scale", None),
     ("rim_to_centre", "rim / core brightness", "ratio", None),
+    ("particle_level_spread", "particle levels: SD over particles", "particle contrast", None),
+    ("particle_ramp", "particle brightness ramp: median magnitude", "contrast per radius", None),
+    ("particle_ramp_to_detector", "particle ramp towards the side detector: mean", "contrast per radius", None),
+    ("contact_level", "particle level where particles touch, minus interior", "particle contrast", None),
+    ("free_edge_level", "particle level at free edges, minus interior", "particle contrast", None),
     ("edge_width_nm", "effective edge blur (sigma of an equivalent step)", "nm", None),
 )
 
