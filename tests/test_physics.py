@@ -404,3 +404,53 @@ def test_se2_spread_mixes_the_particle_yield_with_its_mean_over_the_particle_onl
         # yield stays (each beam position averages its own neighbourhood, so it is kept to a few per cent).
         assert 1 - f < contrast(near) / contrast(plain) < 1 - 0.25 * f
         assert abs(near[particle].mean() / plain[particle].mean() - 1) < 0.05
+
+
+def test_particle_yield_level_and_ramp_are_measured_back_from_the_image_and_leave_labels_alone():
+    from eval.calibrate.image_stats import lighting_statistics, particle_lighting
+    from simulator.shading import gain_map, particle_gains
+
+    # Many separate flat discs (no tilt contrast, no edge): each one's level and ramp come from its draw only.
+    px, r = 2.0, 30.0
+    centres = [[x, y, r] for x in np.arange(40.0, 800.0, 80.0) for y in np.arange(40.0, 800.0, 80.0)]
+    buffers = render(spheres(centres, [r] * len(centres)), 400, 400, px)
+    buffers = dataclasses.replace(buffers, normal=np.broadcast_to(np.float32([0, 0, 1]), (400, 400, 3)).copy())
+    assert particle_gains(buffers.n_instances, 0.0, 0.0, np.random.default_rng(0)) is None  # off: no draw at all
+    gains = particle_gains(buffers.n_instances, 0.3, 0.2, np.random.default_rng(0))
+    assert gains.shape == (buffers.n_instances, 3)
+    assert np.exp(np.log(gains[:, 0]).std()) == pytest.approx(np.exp(0.3), rel=0.1)
+    plain = shade(buffers, PLAIN, px)
+    lit = shade(buffers, PLAIN, px, gains=gains)
+    ids = buffers.instance_id
+    assert np.array_equal(lit[ids == 0], plain[ids == 0])  # the substrate keeps its yield
+    assert np.allclose(lit[ids > 0], plain[ids > 0] * gain_map(ids, gains))
+    # Measured from the image alone: each disc's mean level is its draw's level (the ramp averages out over
+    # the disc), its ramp per radius is the drawn (gx, gy) in image axes (x right, y down).
+    rows = particle_lighting(lit, ids)
+    sub, par = np.median(lit[ids == 0]), np.median(lit[ids > 0])
+    level = sub + rows[:, 0] * (par - sub)
+    assert np.allclose(level, PLAIN.particle_yield * gains[:, 0], rtol=1e-3)
+    ramp = rows[:, 1:] * (par - sub) / (PLAIN.particle_yield * gains[:, :1])
+    assert np.allclose(ramp, gains[:, 1:], atol=0.02)
+    stats = lighting_statistics(rows)
+    assert abs(stats["particle_ramp_to_detector"]) < 0.1  # random directions: no side-detector signature
+
+
+def test_contact_darkening_reads_the_crevice_between_touching_particles_and_the_bright_free_edges():
+    from eval.calibrate.image_stats import contact_darkening
+
+    # Two touching squares 1 and 2 (as manual masks draw them: a one-pixel background line between them).
+    labels = np.zeros((120, 200), np.int32)
+    labels[30:90, 30:99] = 1
+    labels[30:90, 100:170] = 2
+    image = np.full(labels.shape, 0.1)
+    image[labels > 0] = 0.6
+    xx = np.arange(200)[None, :].repeat(120, 0)
+    crevice = (labels > 0) & (np.abs(xx - 99) <= 6)
+    image[crevice] = 0.45  # darker where the two touch
+    rim = (labels > 0) & ~crevice & ((np.abs(xx - 30) <= 2) | (np.abs(xx - 169) <= 2))
+    image[rim] = 0.8  # bright free edges
+    contact, free = contact_darkening(image, labels, pixel_size_nm=2.0, band_nm=14.0)
+    assert contact < -0.1 and free > 0.05
+    flat = np.where(labels > 0, 0.6, 0.1)
+    assert contact_darkening(flat, labels, 2.0, band_nm=14.0) == pytest.approx((0.0, 0.0), abs=1e-9)
