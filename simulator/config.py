@@ -289,6 +289,7 @@ class DetectorConfig:
     read_noise: float = 0.0
     contrast: float = 0.35
     brightness: float = 0.0
+    gamma: float = 1.0  # output transfer: brightness + contrast * y^gamma of the detected signal y (1 = linear)
     info_bar: bool = False
     info_bar_height_px: int = 56
 
@@ -298,6 +299,7 @@ class DetectorConfig:
         _check_range("detector.read_noise", self.read_noise, 0.0, 1.0)
         _check_range("detector.contrast", self.contrast, 0.0, 100.0)
         _check_range("detector.brightness", self.brightness, -10.0, 10.0)
+        _check_range("detector.gamma", self.gamma, 0.2, 5.0)
         _check_range("detector.info_bar_height_px", self.info_bar_height_px, 16, 512)
 
 

@@ -6,11 +6,14 @@ Per pixel, with dose = I t / e primary electrons expected (probe current I, dwel
     S ~ Poisson(N * delta)            secondary electrons emitted and collected (delta = mean SE per primary)
     D ~ Gamma(shape = k S, scale = 1/k)  summed scintillator/PMT pulse heights, each Gamma(k, 1/k): mean 1,
                                       relative variance 1/k (the gain distribution is not Poisson)
-    out = brightness + contrast * D / dose + Normal(0, read_noise)
+    out = brightness + contrast * T(D / dose + Normal(0, read_noise / contrast))
 
-so that the mean output, brightness + contrast * delta, does not depend on the dose, while the noise on a
-flat region falls as 1 / sqrt(dose). Pixels that collect at least _EXACT_BELOW SE on average draw the output
-from the normal distribution with the chain's exact mean and variance (read noise included),
+with T(y) = sign(y) |y|^gamma the amplifier's transfer (``detector.gamma`` = 1: linear, the default; < 1
+compresses the bright end and its noise with it, as on the reference images, whose particles' noise grows less
+than the square root of their level). At gamma = 1 the mean output, brightness + contrast * delta, does not
+depend on the dose, while the noise on a flat region falls as 1 / sqrt(dose). Pixels that collect at least
+_EXACT_BELOW SE on average draw the output from the normal distribution with the chain's exact mean and
+variance (read noise included),
     E[D] = dose delta,   Var[D] = dose delta (1 + delta + 1/k),
 whose skewness, small at that count, falls as 1/sqrt(dose delta); pixels that collect fewer draw every stage
 exactly. Saturation and quantisation happen in ``quantize``.
@@ -39,7 +42,7 @@ def detect(
 ) -> np.ndarray:
     """(H, W) mean SE per primary electron -> (H, W) float32 output level before the ADC (see module doc)."""
     if not cfg.noise:
-        return (cfg.brightness + cfg.contrast * signal).astype(np.float32)
+        return transfer(cfg.brightness + cfg.contrast * signal, cfg)
     dose = dose_electrons(cfg, dwell_time_us)
     k = cfg.gain_shape
     # Many SE collected: the chain's exact mean and variance, read noise included, in a single normal draw.
@@ -58,7 +61,16 @@ def detect(
         if cfg.read_noise > 0:
             exact += rng.normal(0.0, cfg.read_noise, low.size)
         out.ravel()[low] = exact
-    return out.astype(np.float32)
+    return transfer(out, cfg)
+
+
+def transfer(linear: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
+    """The amplifier's gamma applied to a linear output level: brightness + contrast * T(y), T(y) = sign(y)
+    |y|^gamma, y = (level - brightness) / contrast. float32; an identity (bit for bit) at gamma = 1."""
+    if cfg.gamma == 1.0 or cfg.contrast == 0:
+        return np.asarray(linear, np.float32)
+    y = (np.asarray(linear, np.float64) - cfg.brightness) / cfg.contrast
+    return (cfg.brightness + cfg.contrast * np.sign(y) * np.abs(y) ** cfg.gamma).astype(np.float32)
 
 
 def info_bar(width_px: int, height_px: int, lines: list[str], scale_bar_px: int, scale_label: str) -> np.ndarray:

@@ -13,7 +13,7 @@ real to the simulated statistic it drives (diameter <- median ECD, number densit
 levels, probe current <- noise, texture <- substrate std, edge gain <- rim/core ratio, probe blur <- edge
 width, in quadrature; side-detector share <- mean brightness ramp towards the detector, per-particle yield
 spread and ramp <- SD of particle levels and median ramp, in quadrature; crevice occlusion <- level where
-particles touch).
+particles touch; detector gamma <- particle noise / substrate noise).
 """
 
 from __future__ import annotations
@@ -234,10 +234,27 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
             # widths add in quadrature: w^2 = w_intrinsic^2 + sigma_probe^2
             sigma2 = cfg.probe.sigma_nm**2 + r["edge_width_nm"] ** 2 - s["edge_width_nm"] ** 2
             cfg = _replace(cfg, "probe", sigma_nm=_clip(float(np.sqrt(max(sigma2, 0.0))), 0.5, 50.0))
+        cfg = _replace(cfg, "detector", **_gamma_update(cfg.detector, r, s))
         noise_ratio = s["substrate_noise_std"] / r["substrate_noise_std"]
         cfg = _replace(cfg, "detector",
                        probe_current_pA=_clip(cfg.detector.probe_current_pA * noise_ratio**2, 0.01, 1e5))
     return _with_spreads(cfg, base.field.density_spread, base.shading.residue_spread), history
+
+
+def _gamma_update(det, r: dict, s: dict) -> dict:
+    """Detector gamma from how much noisier particles are than the substrate: with shot noise, the output
+    noise at signal y goes as gamma y^(gamma - 1/2), so log(particle noise / substrate noise) moves by
+    log(y_particle / y_substrate) per unit of gamma (y from the simulated levels, brightness removed)."""
+    keys = ("particle_noise_std", "substrate_noise_std", "particle_mean", "substrate_mean")
+    if not all(np.isfinite([r[k] for k in keys] + [s[k] for k in keys])):
+        return {}
+    y = [(s[k] - det.brightness) / det.contrast for k in ("particle_mean", "substrate_mean")]
+    if min(y) <= 0 or y[0] <= y[1] * 1.2:
+        return {}
+    per_gamma = np.log(y[0] / y[1]) / det.gamma  # the levels are y^gamma: their log ratio over gamma
+    step = (np.log(r["particle_noise_std"] / r["substrate_noise_std"])
+            - np.log(s["particle_noise_std"] / s["substrate_noise_std"])) / per_gamma
+    return {"gamma": _clip(det.gamma + float(step), 0.3, 1.5)}
 
 
 def _lighting_update(sh, r: dict, s: dict) -> dict:
@@ -271,6 +288,7 @@ REPORT_ROWS = (
     ("substrate_mean", "substrate mean", "fraction of full scale", None),
     ("substrate_noise_std", "substrate noise std", "fraction of full scale", None),
     ("substrate_std", "substrate std (noise + texture)", "fraction of full scale", None),
+    ("particle_noise_std", "particle noise std (interiors)", "fraction of full scale", None),
     ("particle_mean", "particle mean", "fraction of full scale", None),
     ("rim_to_centre", "rim / core brightness", "ratio", None),
     ("particle_level_spread", "particle levels: SD over particles", "particle contrast", None),

@@ -104,6 +104,7 @@ def image_statistics(image: np.ndarray, foreground: np.ndarray, pixel_size_nm: f
     return {
         "substrate_mean": sub_mean,
         "substrate_noise_std": noise_std(image, substrate),
+        "particle_noise_std": noise_std(image, core) if core.sum() >= 200 else float("nan"),
         "substrate_std": float(image[substrate].std()),
         "particle_mean": particle_mean,
         "contrast": particle_mean / sub_mean if sub_mean > 0 else float("nan"),
