@@ -46,6 +46,25 @@ def test_noise_on_a_flat_region_falls_as_one_over_sqrt_dose(current_pA):
     assert stds[0] / stds[1] == pytest.approx(2.0, rel=0.1)
 
 
+def test_detector_gamma_compresses_the_bright_end_and_its_noise_and_is_the_identity_at_one():
+    dark, bright = 0.4, 1.6
+    signal = np.concatenate([np.full((128, 256), dark), np.full((128, 256), bright)]).astype(np.float32)
+    linear = DetectorConfig(probe_current_pA=60.0, contrast=0.3, brightness=0.05)
+    same = dataclasses.replace(linear, gamma=1.0)
+    assert np.array_equal(detect(signal, linear, 1.0, np.random.default_rng(3)),
+                          detect(signal, same, 1.0, np.random.default_rng(3)))
+    ratios = {}
+    for gamma in (1.0, 0.6):
+        cfg = dataclasses.replace(linear, gamma=gamma)
+        out = detect(signal, cfg, 1.0, rng=np.random.default_rng(2))
+        # mean levels follow brightness + contrast * delta^gamma (noise small against the level)
+        assert out[:128].mean() == pytest.approx(0.05 + 0.3 * dark**gamma, rel=0.01)
+        assert out[128:].mean() == pytest.approx(0.05 + 0.3 * bright**gamma, rel=0.01)
+        ratios[gamma] = out[128:].std() / out[:128].std()
+    # noise ~ gamma y^(gamma - 1) sigma(y): the bright/dark noise ratio falls by (bright/dark)^(gamma - 1)
+    assert ratios[0.6] / ratios[1.0] == pytest.approx((bright / dark) ** (0.6 - 1.0), rel=0.08)
+
+
 @pytest.mark.parametrize(
     ("probe", "sigma_x_nm", "sigma_y_nm"),
     [
