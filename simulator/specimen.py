@@ -84,7 +84,10 @@ def residue_rims(
     in-lens detector sees its edges bright (edge effect: |grad|, 1 at a step's centre line); an
     Everhart-Thornley detector (``et_fraction``) sees relief (the slope towards the detector: the facing side
     bright, the far side shadowed), mixed as (1 - f) |grad h| + 2 f (grad h . towards detector), both scaled so
-    that a step's peak is 1 (times the image's rim strength).
+    that a step's peak is 1 (times the image's rim strength). Real rims are not even: most are faint, a few bright,
+    and many outlines show only as open arcs. ``residue_arc_variation`` > 0 multiplies the rims by a mean-1
+    log-normal field of that sigma whose log is a Gaussian random field correlated over a quarter of the island size,
+    so the strength changes along an outline and from island to island, and the faint stretches leave open arcs.
     """
     height, width = shape
     coverage, strength = cfg.residue_coverage, 1.0
@@ -125,7 +128,22 @@ def residue_rims(
         rims = (1.0 - cfg.et_fraction) * rims + 2.0 * cfg.et_fraction * np.clip(relief, -1.0, 1.0)
     if strength != 1.0:
         rims *= np.float32(strength)
+    if cfg.residue_arc_variation > 0:
+        rims *= _arc_modulation(shape, size_px / 4, cfg.residue_arc_variation, rng)
     return rims.astype(np.float32)
+
+
+def _arc_modulation(shape: tuple[int, int], correlation_px: float, sigma: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """(H, W) float32 mean-1 log-normal field: exp(sigma g - sigma^2 / 2), g a unit Gaussian random field.
+
+    g is white noise smoothed by a Gaussian of ``correlation_px`` and scaled by the analytic SD of that smoothing
+    (1 / (2 sqrt(pi) s) for unit white noise in 2-D), so its variance does not depend on the image.
+    """
+    s = max(correlation_px, 0.5)
+    white = rng.standard_normal(shape, dtype=np.float32)
+    g = cv2.GaussianBlur(white, (0, 0), s, borderType=cv2.BORDER_REFLECT) * np.float32(2 * np.sqrt(np.pi) * s)
+    return np.exp(np.float32(sigma) * g - np.float32(sigma * sigma / 2))
 
 
 def _island_outlines(centre: np.ndarray, diameter: np.ndarray, aspect: np.ndarray, angle_rad: np.ndarray,

@@ -330,6 +330,29 @@ def test_irregular_residue_islands_are_lobed_and_their_coverage_and_strength_var
     assert abs(np.median(spread_cover) - np.median(fixed_cover)) < 0.6  # the configured coverage is the median
 
 
+def test_arc_variation_leaves_open_arcs_on_the_same_outlines_with_the_mean_strength_kept():
+    from simulator.specimen import residue_rims
+
+    shape, px = (384, 384), 7.344
+    base = {"residue_size_nm": 150.0, "residue_width_nm": 7.0, "residue_coverage": 0.3, "residue_spread": 0.0,
+            "et_fraction": 0.0}
+    even = residue_rims(shape, px, ShadingConfig(**base), np.random.default_rng(4))
+    varied = residue_rims(shape, px, ShadingConfig(residue_arc_variation=1.0, **base), np.random.default_rng(4))
+    on_rim = even > 0.5
+    # the same outlines (the islands are drawn before the modulation): nothing appears off them
+    assert np.array_equal(varied > 0, even > 0)
+    ratio = varied[on_rim] / even[on_rim]
+    assert 0.8 < ratio.mean() < 1.25  # mean-1 log-normal: the average rim strength is kept
+    # uneven along the outlines: a quarter or more of the outline length fades below a third of its even
+    # strength (open arcs), and a few stretches are much brighter
+    assert np.mean(ratio < 1 / 3) > 0.2 and np.mean(ratio > 2.5) > 0.03
+    assert np.std(np.log(ratio)) == pytest.approx(1.0, rel=0.25)
+    # correlated along the outline, not per pixel: neighbours on the rim share their factor
+    shifted = np.roll(varied / np.maximum(even, 1e-6), 1, axis=1)[on_rim & np.roll(on_rim, 1, axis=1)]
+    here = (varied / np.maximum(even, 1e-6))[on_rim & np.roll(on_rim, 1, axis=1)]
+    assert np.corrcoef(np.log(here), np.log(shifted))[0, 1] > 0.7
+
+
 def test_density_spread_varies_the_crowding_from_image_to_image_around_the_configured_median():
     from simulator.geometry.scene import build_scene
 
