@@ -39,6 +39,8 @@ _SOLIDITY = 0.9
 _GAP_CLOSING_PX = 2  # manual masks separate touching particles by a background line
 _RAMP_SD_PER_MEDIAN = 1 / np.sqrt(2 * np.log(2))  # a 2-D normal's component SD over its median magnitude
 _CONTACT_LEVEL_PER_CREVICE = -0.37  # contact-band level per unit of shading.crevice_occlusion (0 -> 0.6: -0.22)
+_CORE_PX = 3.0  # particle lighting is measured on cores: > 3 px from any outline (rim and mask offsets excluded)
+_CORE_MIN_PX = 80  # ... of at least this many pixels
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ def measure(samples, et_azimuth_deg: float = 135.0) -> DatasetStats:
         clean.append(ecd[keep & (solidity >= _SOLIDITY) & (ecd >= _MIN_ECD_NM)])
         per_region.append(instances_per_region(labels))
         rows.append(image_statistics(image, labels > 0, pixel_nm))
-        lighting.append(particle_lighting(image, labels, ids[keep]))
+        lighting.append(particle_lighting(image, labels, ids[keep], min_pixels=_CORE_MIN_PX, core_px=_CORE_PX))
         contacts.append(contact_darkening(image, labels, pixel_nm))
     ecd_all, clean, per_region = (np.concatenate(x) for x in (ecd_all, clean, per_region))
     light = lighting_statistics(np.concatenate(lighting), et_azimuth_deg)
