@@ -27,7 +27,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from eval.calibrate.image_stats import contact_darkening, image_statistics, lighting_statistics, particle_lighting
+from eval.calibrate.image_stats import (
+    contact_darkening, image_statistics, lighting_statistics, particle_lighting, particle_profile, profile_statistics,
+)
 from simulator.classes import CLASSES, MEASURED_CLASS, instance_classes
 from simulator.config import SimConfig
 from simulator.io.errors import UserError
@@ -104,7 +106,7 @@ def measure(samples, et_azimuth_deg: float = 135.0) -> DatasetStats:
     With measured ids (the particles of the measured class, fully visible), the size statistics use those
     only, as evaluation counts them; without, every visible instance not touching the border.
     """
-    ecd_all, clean, per_region, rows, lighting, contacts = [], [], [], [], [], []
+    ecd_all, clean, per_region, rows, lighting, contacts, profiles = [], [], [], [], [], [], []
     by_class = None
     for image, labels, pixel_nm, measured in samples:
         ecd, solidity, border, ids = instance_shapes(labels, pixel_nm)
@@ -119,8 +121,11 @@ def measure(samples, et_azimuth_deg: float = 135.0) -> DatasetStats:
         rows.append(image_statistics(image, labels > 0, pixel_nm))
         lighting.append(particle_lighting(image, labels, ids[keep], min_pixels=_CORE_MIN_PX, core_px=_CORE_PX))
         contacts.append(contact_darkening(image, labels, pixel_nm))
+        profiles.append(particle_profile(image, labels, ids[keep]))
     ecd_all, clean, per_region = (np.concatenate(x) for x in (ecd_all, clean, per_region))
     light = lighting_statistics(np.concatenate(lighting), et_azimuth_deg)
+    with np.errstate(all="ignore"):
+        light.update(profile_statistics(np.nanmean(np.asarray(profiles), axis=0)))
     contacts = np.asarray(contacts, np.float64)
     with np.errstate(all="ignore"):
         light["contact_level"], light["free_edge_level"] = (
@@ -224,7 +229,12 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
         sh = cfg.shading
         texture_real = np.sqrt(max(r["substrate_std"] ** 2 - r["substrate_noise_std"] ** 2, 1e-10))
         texture_sim = np.sqrt(max(s["substrate_std"] ** 2 - s["substrate_noise_std"] ** 2, 1e-10))
-        edge_ratio = (r["rim_to_centre"] - 0.9) / max(s["rim_to_centre"] - 0.9, 0.01)
+        # the thin rim (edge effect) from the outer quarter's level, the broad darkening towards the centre
+        # (normal incidence there) from the central quarter's: both over the middle quarter of the particles
+        edge_ratio = (r["rim_to_middle"] - 1.0) / max(s["rim_to_middle"] - 1.0, 0.01)
+        darkening = (1.0 - r["centre_to_middle"]) / max(1.0 - s["centre_to_middle"], 0.01)
+        if not np.isfinite(edge_ratio):
+            edge_ratio = 1.0
         inv_gamma = 1.0 / cfg.detector.gamma
         cfg = _replace(
             cfg, "shading",
@@ -233,7 +243,9 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
                                   0.01, 20),
             particle_yield=_clip(sh.particle_yield * (r["particle_mean"] / s["particle_mean"]) ** inv_gamma, 0.01, 20),
             substrate_texture=_clip(sh.substrate_texture * texture_real / texture_sim, 0.0, 1.0),
-            edge_gain=_clip(sh.edge_gain * edge_ratio, 0.0, 5.0),
+            edge_gain=_clip(sh.edge_gain * max(edge_ratio, 0.0), 0.005, 5.0),
+            tilt_exponent=_clip(sh.tilt_exponent * darkening, 0.05, 3.0) if np.isfinite(darkening)
+            else sh.tilt_exponent,
         )
         cfg = _replace(cfg, "shading", **_lighting_update(cfg.shading, cfg.detector, r, s))
         if np.isfinite(r["edge_width_nm"]) and np.isfinite(s["edge_width_nm"]):
@@ -289,6 +301,8 @@ REPORT_ROWS = (
     ("particle_noise_std", "particle noise std (interiors)", "fraction of full scale", None),
     ("particle_mean", "particle mean", "fraction of full scale", None),
     ("rim_to_centre", "rim / core brightness", "ratio", None),
+    ("rim_to_middle", "counted particles: outer quarter / middle quarter level", "ratio", None),
+    ("centre_to_middle", "counted particles: central quarter / middle quarter level", "ratio", None),
     ("particle_level_spread", "particle levels: SD over particles", "particle contrast", None),
     ("particle_ramp", "particle brightness ramp: median magnitude", "contrast per radius", None),
     ("particle_ramp_to_detector", "particle ramp towards the side detector: mean", "contrast per radius", None),

@@ -185,6 +185,45 @@ def particle_lighting(image: np.ndarray, labels: np.ndarray, ids=None, *, min_pi
     return np.column_stack([(mv - sub) / contrast, gx, gy])
 
 
+def particle_profile(image: np.ndarray, labels: np.ndarray, ids=None, *, n_bins: int = 8) -> np.ndarray:
+    """Mean level of the particles from outline to centre, in units of the particle contrast.
+
+    Each pixel of the chosen particles (default: all) is binned by its depth: its distance to the particle's
+    outline (any other id) over the particle's largest such distance, in ``n_bins`` equal bins from the outline
+    (0) to the centre (1). Returns (n_bins,) pooled mean levels, (level - substrate median) / contrast, contrast
+    = median particle level - median substrate level; NaN where a bin is empty.
+    """
+    lab = np.asarray(labels)
+    img = np.asarray(image, np.float64)
+    fg = lab > 0
+    if not fg.any() or fg.all():
+        return np.full(n_bins, np.nan)
+    sub = float(np.median(img[~fg]))
+    contrast = float(np.median(img[fg])) - sub
+    chosen = fg if ids is None else np.isin(lab, np.fromiter(ids, np.int64))
+    if not chosen.any() or abs(contrast) < 1e-9:
+        return np.full(n_bins, np.nan)
+    depth = _distance_px(fg & ~boundary_map(lab)) + 1.0  # boundary pixels at depth 1
+    deepest = ndimage.maximum(depth, lab, index=np.arange(lab.max() + 1))
+    rel = depth[chosen] / np.asarray(deepest)[lab[chosen]]
+    b = np.minimum((rel * n_bins).astype(np.int64), n_bins - 1)
+    count = np.bincount(b, minlength=n_bins)
+    total = np.bincount(b, (img[chosen] - sub) / contrast, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan)
+
+
+def profile_statistics(profile: np.ndarray) -> dict[str, float]:
+    """From a ``particle_profile`` of 8 bins: the outer quarter's level (bins 0-1) and the central quarter's
+    (bins 6-7), each over the middle quarter's (bins 3-4). A thin bright rim raises the first; shading that
+    darkens particles towards their centre (normal incidence there) lowers the second."""
+    middle = float(np.mean(profile[3:5]))
+    if not np.isfinite(middle) or middle <= 0:
+        return {"rim_to_middle": float("nan"), "centre_to_middle": float("nan")}
+    return {"rim_to_middle": float(np.mean(profile[:2]) / middle),
+            "centre_to_middle": float(np.mean(profile[6:8]) / middle)}
+
+
 def lighting_statistics(per_particle: np.ndarray, et_azimuth_deg: float = 135.0) -> dict[str, float]:
     """Summary of ``particle_lighting`` rows pooled over images: the spread of particle levels (SD), the
     typical ramp (median magnitude), and the mean ramp towards a side detector at ``et_azimuth_deg``
