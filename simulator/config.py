@@ -169,6 +169,9 @@ class ShadingConfig:
     residue_irregularity: float = 0.35  # outline wobble: relative amplitude of the lobes of each island (0 = ellipses)
     residue_spread: float = 0.8  # image-to-image spread (log-normal sigma) of the islands' coverage and rim strength
     residue_arc_variation: float = 0.0  # variation of rim strength along and between outlines (log-normal sigma; 0 = even)
+    substrate_dots_per_um2: float = 0.0  # small bright dots on the substrate (contamination, fine debris; 0 = none)
+    substrate_dot_gain: float = 1.2  # median relative yield increase at a dot's centre (log-normal, sigma 0.5)
+    substrate_dot_size_nm: float = 4.5  # Gaussian sigma of a dot
     facets: float = 0.7
     facet_count: int = 14
     et_fraction: float = 0.45
@@ -203,6 +206,9 @@ class ShadingConfig:
         _check_range("shading.residue_irregularity", self.residue_irregularity, 0.0, 0.5)
         _check_range("shading.residue_spread", self.residue_spread, 0.0, 2.0)
         _check_range("shading.residue_arc_variation", self.residue_arc_variation, 0.0, 3.0)
+        _check_range("shading.substrate_dots_per_um2", self.substrate_dots_per_um2, 0.0, 1e4)
+        _check_range("shading.substrate_dot_gain", self.substrate_dot_gain, 0.0, 100.0)
+        _check_range("shading.substrate_dot_size_nm", self.substrate_dot_size_nm, 0.1, 1e3)
         _check_range("shading.facets", self.facets, 0.0, 1.0)
         _check_range("shading.facet_count", self.facet_count, 4, 200)
         _check_range("shading.et_fraction", self.et_fraction, 0.0, 1.0)

@@ -25,10 +25,10 @@ from simulator.instrument.scan import scan_offsets_px
 from simulator.io.files import quantize
 from simulator.render import RenderOut, render
 from simulator.shading import facet_normals, particle_gains, shade
-from simulator.specimen import residue_rims, substrate_texture
+from simulator.specimen import residue_rims, substrate_dots, substrate_texture
 
 # append only: a new stream leaves the others (hence every existing image) unchanged
-STAGE_STREAMS = ("geometry", "shading", "instrument", "detector", "residue", "particle_yield")
+STAGE_STREAMS = ("geometry", "shading", "instrument", "detector", "residue", "particle_yield", "substrate_dots")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +65,17 @@ def simulate_image(cfg: SimConfig, seed: int, index: int, timings: dict[str, flo
     rims = None
     if cfg.shading.residue_rims > 0:
         rims = clock("substrate residue", residue_rims, shape, pixel_nm, cfg.shading, rngs["residue"])
+    dots = None
+    if cfg.shading.substrate_dots_per_um2 > 0:
+        dots = clock("substrate dots", substrate_dots, shape, pixel_nm, cfg.shading, rngs["substrate_dots"])
     normal = clock(
         "facets", facet_normals, buffers, cfg.shading.facets, cfg.shading.facet_count, rngs["shading"]
     )
     sh = cfg.shading
     gains = particle_gains(buffers.n_instances, sh.particle_yield_spread, sh.particle_yield_tilt,
                            rngs["particle_yield"])
-    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, pixel_nm, texture, normal, rims, gains)
+    ideal = clock("SE yield + collection", shade, buffers, cfg.shading, pixel_nm, texture, normal, rims, gains,
+                  dots)
     signal = clock("charging", charge, ideal, buffers, scene, cfg.charging, pixel_nm)
     signal = clock("probe blur", probe_blur, signal, cfg.probe, pixel_nm)
     image = clock("detector noise", detect, signal, cfg.detector, cfg.scan.dwell_time_us, rngs["detector"])

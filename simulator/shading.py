@@ -230,11 +230,13 @@ def shade(
     normal: np.ndarray | None = None,
     rims: np.ndarray | None = None,
     gains: np.ndarray | None = None,
+    dots: np.ndarray | None = None,
 ) -> np.ndarray:
     """Render buffers -> (H, W) float32 mean SE collected per primary electron. Labels are not touched.
 
     ``normal`` overrides the render's normals for shading (e.g. ``facet_normals``); heights still give edges.
     ``gains`` (``particle_gains``): per primary (indexed by instance id - 1) a yield level and gradient.
+    ``dots`` (``simulator.specimen.substrate_dots``): relative yield change of the substrate from small dots.
     """
     if normal is not None:
         render = replace(render, normal=normal)
@@ -245,6 +247,8 @@ def shade(
         delta = np.full(render.shape, cfg.substrate_yield, np.float32)
     if rims is not None and cfg.residue_rims > 0:
         delta += np.float32(cfg.substrate_yield * cfg.residue_rims) * rims
+    if dots is not None:
+        delta += np.float32(cfg.substrate_yield) * dots
     # Particles only (the substrate faces the beam: no tilt gain, no edge): power and exp on few pixels.
     cos_theta = np.clip(render.normal[particle, 2], 1e-6, 1.0)
     on_particle = cfg.particle_yield * np.minimum(cos_theta ** (-cfg.tilt_exponent), cfg.max_tilt_gain)

@@ -1,8 +1,8 @@
 """The specimen's substrate, before its SE yield: a faint tileable texture and the rims of residue islands.
 
 ``substrate_texture`` places a Perlin fBm + ridged-line tile (``noise`` package, computed once per setting) with a
-random shift and rotation per image; ``residue_rims`` draws the lobed outlines of dried droplets and film patches.
-Both return per-pixel relative yield changes of the substrate that ``simulator.shading.shade`` multiplies in.
+random shift and rotation per image; ``residue_rims`` draws the lobed outlines of dried droplets and film patches;
+``substrate_dots`` the small bright dots (fine debris, contamination) that speckle real substrates. All return per-pixel relative yield changes of the substrate that ``simulator.shading.shade`` multiplies in.
 """
 
 from __future__ import annotations
@@ -162,3 +162,40 @@ def _island_outlines(centre: np.ndarray, diameter: np.ndarray, aspect: np.ndarra
     x = centre[:, 0:1] + u * cos_t - v * sin_t
     y = centre[:, 1:2] + u * sin_t + v * cos_t
     return np.rint(np.stack([x, y], axis=-1) * sub).astype(np.int32)[:, :, None, :]
+
+
+_DOT_LOG_SIGMA = 0.5  # spread of the dots' peak gains (log-normal sigma)
+
+
+def substrate_dots(
+    shape: tuple[int, int], pixel_size_nm: float, cfg: ShadingConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """(H, W) float32: small bright dots on the substrate, relative yield change (peak = the dot's gain).
+
+    Real substrates are speckled with dots a few pixels across, brighter than the substrate by about half its
+    level (fine debris, contamination spots, the smallest fragments): isotropic Gaussian blobs of sigma
+    ``substrate_dot_size_nm`` at Poisson positions, ``substrate_dots_per_um2`` on average (times the image's
+    log-normal factor of sigma ``residue_spread``: contamination varies from image to image like the residue),
+    peak gains log-normal around ``substrate_dot_gain`` (sigma 0.5). Each dot's mass is split bilinearly over
+    the four pixels around its position, then blurred, so positions are sub-pixel. Particles hide the dots under
+    them (``shade`` applies the field to the substrate only).
+    """
+    height, width = shape
+    density = cfg.substrate_dots_per_um2
+    if cfg.residue_spread > 0:
+        density *= float(np.exp(cfg.residue_spread * rng.standard_normal()))
+    area_um2 = height * width * (pixel_size_nm / 1000.0) ** 2
+    n = rng.poisson(density * area_um2)
+    y = rng.uniform(0.0, height - 1, n)
+    x = rng.uniform(0.0, width - 1, n)
+    gain = cfg.substrate_dot_gain * np.exp(_DOT_LOG_SIGMA * rng.standard_normal(n))
+    sigma_px = max(cfg.substrate_dot_size_nm / pixel_size_nm, 0.5)
+    mass = gain * 2 * np.pi * sigma_px**2  # a unit-peak Gaussian of sigma s holds 2 pi s^2
+    y0, x0 = np.floor(y).astype(np.int64), np.floor(x).astype(np.int64)
+    fy, fx = y - y0, x - x0
+    flat = np.zeros(height * width)
+    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        rows, cols = np.minimum(y0 + dy, height - 1), np.minimum(x0 + dx, width - 1)
+        flat += np.bincount(rows * width + cols, mass * w, height * width)
+    return cv2.GaussianBlur(flat.reshape(shape).astype(np.float32), (0, 0), sigma_px,
+                            borderType=cv2.BORDER_CONSTANT)

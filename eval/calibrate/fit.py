@@ -43,6 +43,7 @@ _RAMP_SD_PER_MEDIAN = 1 / np.sqrt(2 * np.log(2))  # a 2-D normal's component SD 
 _CONTACT_LEVEL_PER_CREVICE = -0.37  # contact-band level per unit of shading.crevice_occlusion (0 -> 0.6: -0.22)
 _CORE_PX = 3.0  # particle lighting is measured on cores: > 3 px from any outline (rim and mask offsets excluded)
 _CORE_MIN_PX = 80  # ... of at least this many pixels
+_DOT_DETECTED = 0.55  # share of substrate dots (default gain and size) counted by image_stats.substrate_dots
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +248,10 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
             tilt_exponent=_clip(sh.tilt_exponent * darkening, 0.05, 3.0) if np.isfinite(darkening)
             else sh.tilt_exponent,
         )
+        if np.isfinite(r["substrate_dots_per_um2"]) and np.isfinite(s["substrate_dots_per_um2"]):
+            # additive: noise alone gives some; about _DOT_DETECTED of the dots rise above the count's threshold
+            dots = sh.substrate_dots_per_um2 + (r["substrate_dots_per_um2"] - s["substrate_dots_per_um2"]) / _DOT_DETECTED
+            cfg = _replace(cfg, "shading", substrate_dots_per_um2=_clip(dots, 0.0, 1e4))
         cfg = _replace(cfg, "shading", **_lighting_update(cfg.shading, cfg.detector, r, s))
         if np.isfinite(r["edge_width_nm"]) and np.isfinite(s["edge_width_nm"]):
             # widths add in quadrature: w^2 = w_intrinsic^2 + sigma_probe^2
@@ -309,6 +314,8 @@ REPORT_ROWS = (
     ("contact_level", "particle level where particles touch, minus interior", "particle contrast", None),
     ("free_edge_level", "particle level at free edges, minus interior", "particle contrast", None),
     ("edge_width_nm", "effective edge blur (sigma of an equivalent step)", "nm", None),
+    ("substrate_dots_per_um2", "bright dots on the substrate (> 6 robust SD above the 5 x 5 median)", "per um^2", None),
+    ("substrate_dot_amplitude", "bright dots: median peak over the local level", "ratio", None),
 )
 
 
