@@ -44,11 +44,18 @@ from bench.bench_validity import (  # noqa: E402
 SCORES = ("overall", "particles", "substrate")
 
 
-def with_value(cfg, key: str, value: float):
-    """``cfg`` with ``section.name`` set to ``value`` (cast to the field's type)."""
+def with_value(cfg, key: str, value: float | None):
+    """``cfg`` with ``section.name`` set to ``value`` (cast to the field's type); None: ``cfg`` as fitted."""
     section, name = key.split(".", 1)
+    if value is None:
+        getattr(getattr(cfg, section), name)  # the key must exist
+        return cfg
     leaf = getattr(cfg, section)
     return replace(cfg, **{section: replace(leaf, **{name: type(getattr(leaf, name))(value)})})
+
+
+def label(value: float | None) -> str:
+    return "fitted" if value is None else f"{value:g}"
 
 
 def choose(scores: dict[float, list[float]]) -> float:
@@ -62,7 +69,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
     parser.add_argument("--fit", required=True, help="NAME=TOML base config, fitted per fold")
     parser.add_argument("--param", required=True, help="section.name of the parameter to choose")
-    parser.add_argument("--values", required=True, help="comma-separated candidate values")
+    parser.add_argument("--values", required=True,
+                        help="comma-separated candidate values; 'fitted' keeps the fold's fitted value")
     parser.add_argument("--score", choices=SCORES, default="overall", help="C2ST accuracy to minimise")
     parser.add_argument("--folds", default="0,1,2,3")
     parser.add_argument("--n-sim", type=int, default=15)
@@ -78,7 +86,7 @@ def main() -> None:
 
     name, base_path = args.fit.split("=", 1)
     base = load_config(Path(base_path) if Path(base_path).is_absolute() else ROOT / base_path)
-    values = [float(v) for v in args.values.split(",")]
+    values = [None if v == "fitted" else float(v) for v in args.values.split(",")]
     with_value(base, args.param, values[0])  # an unknown key fails here, before any work
     folds = [int(f) for f in args.folds.split(",")]
     c2st_seeds = [int(s) for s in args.c2st_seeds.split(",")]
@@ -97,7 +105,7 @@ def main() -> None:
             ingest_subset(args.reference, train, real_dir)
         fitted = fitted_config(base, real_dir, out / f"fit_{name}_f{k}.toml", args.fit_n_sim, args.fit_rounds)
         for v in values:
-            syn = simulate(with_value(fitted, args.param, v), out / f"select_{name}_{slug}_{v:g}_f{k}", args.n_sim,
+            syn = simulate(with_value(fitted, args.param, v), out / f"select_{name}_{slug}_{label(v)}_f{k}", args.n_sim,
                            2000 + k, args.jobs)
             for s in c2st_seeds:
                 jobs.append((syn, real_dir, s, args.c2st_steps))
@@ -120,10 +128,10 @@ def main() -> None:
         for v in values:
             cell = table[k][v]
             cols = " ".join(f"{np.mean(cell[s]):9.3f}" if cell[s] else f"{'-':>9}" for s in SCORES)
-            print(f"{k:>4} {v:>7g} {cols}  {'<-' if chosen[k] == v else ''}")
+            print(f"{k:>4} {label(v):>7} {cols}  {'<-' if chosen[k] == v else ''}")
     print(f"chosen per fold: {chosen}; {time.perf_counter() - start:.0f} s")
     blob = {"param": args.param, "score": args.score, "base": base_path, "values": values,
-            "table": {str(k): {f"{v:g}": cells for v, cells in t.items()} for k, t in table.items()},
+            "table": {str(k): {label(v): cells for v, cells in t.items()} for k, t in table.items()},
             "chosen": {str(k): v for k, v in chosen.items()}}
     tmp = out / f"select_{slug}.json.tmp"
     tmp.write_text(json.dumps(blob, indent=1))
