@@ -41,9 +41,6 @@ _SOLIDITY = 0.9
 _GAP_CLOSING_PX = 2  # manual masks separate touching particles by a background line
 _RAMP_SD_PER_MEDIAN = 1 / np.sqrt(2 * np.log(2))  # a 2-D normal's component SD over its median magnitude
 _CONTACT_LEVEL_PER_CREVICE = -0.37  # contact-band level per unit of shading.crevice_occlusion (0 -> 0.6: -0.22)
-_CORE_PX = 3.0  # particle lighting is measured on cores: > 3 px from any outline (rim and mask offsets excluded)
-_CORE_MIN_PX = 80  # ... of at least this many pixels
-_DOT_DETECTED = 0.55  # share of substrate dots (default gain and size) counted by image_stats.substrate_dots
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +117,7 @@ def measure(samples, et_azimuth_deg: float = 135.0) -> DatasetStats:
         clean.append(ecd[keep & (solidity >= _SOLIDITY) & (ecd >= _MIN_ECD_NM)])
         per_region.append(instances_per_region(labels))
         rows.append(image_statistics(image, labels > 0, pixel_nm))
-        lighting.append(particle_lighting(image, labels, ids[keep], min_pixels=_CORE_MIN_PX, core_px=_CORE_PX))
+        lighting.append(particle_lighting(image, labels, ids[keep]))
         contacts.append(contact_darkening(image, labels, pixel_nm))
         profiles.append(particle_profile(image, labels, ids[keep]))
     ecd_all, clean, per_region = (np.concatenate(x) for x in (ecd_all, clean, per_region))
@@ -230,12 +227,7 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
         sh = cfg.shading
         texture_real = np.sqrt(max(r["substrate_std"] ** 2 - r["substrate_noise_std"] ** 2, 1e-10))
         texture_sim = np.sqrt(max(s["substrate_std"] ** 2 - s["substrate_noise_std"] ** 2, 1e-10))
-        # the thin rim (edge effect) from the outer quarter's level, the broad darkening towards the centre
-        # (normal incidence there) from the central quarter's: both over the middle quarter of the particles
-        edge_ratio = (r["rim_to_middle"] - 1.0) / max(s["rim_to_middle"] - 1.0, 0.01)
-        darkening = (1.0 - r["centre_to_middle"]) / max(1.0 - s["centre_to_middle"], 0.01)
-        if not np.isfinite(edge_ratio):
-            edge_ratio = 1.0
+        edge_ratio = (r["rim_to_centre"] - 0.9) / max(s["rim_to_centre"] - 0.9, 0.01)
         inv_gamma = 1.0 / cfg.detector.gamma
         cfg = _replace(
             cfg, "shading",
@@ -244,14 +236,8 @@ def fit(real: DatasetStats, base: SimConfig, *, n_sim: int = 6, rounds: int = 4,
                                   0.01, 20),
             particle_yield=_clip(sh.particle_yield * (r["particle_mean"] / s["particle_mean"]) ** inv_gamma, 0.01, 20),
             substrate_texture=_clip(sh.substrate_texture * texture_real / texture_sim, 0.0, 1.0),
-            edge_gain=_clip(sh.edge_gain * max(edge_ratio, 0.0), 0.005, 5.0),
-            tilt_exponent=_clip(sh.tilt_exponent * darkening, 0.05, 3.0) if np.isfinite(darkening)
-            else sh.tilt_exponent,
+            edge_gain=_clip(sh.edge_gain * edge_ratio, 0.0, 5.0),
         )
-        if np.isfinite(r["substrate_dots_per_um2"]) and np.isfinite(s["substrate_dots_per_um2"]):
-            # additive: noise alone gives some; about _DOT_DETECTED of the dots rise above the count's threshold
-            dots = sh.substrate_dots_per_um2 + (r["substrate_dots_per_um2"] - s["substrate_dots_per_um2"]) / _DOT_DETECTED
-            cfg = _replace(cfg, "shading", substrate_dots_per_um2=_clip(dots, 0.0, 1e4))
         cfg = _replace(cfg, "shading", **_lighting_update(cfg.shading, cfg.detector, r, s))
         if np.isfinite(r["edge_width_nm"]) and np.isfinite(s["edge_width_nm"]):
             # widths add in quadrature: w^2 = w_intrinsic^2 + sigma_probe^2

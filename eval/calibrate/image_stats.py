@@ -168,17 +168,13 @@ def particle_shading_spread(image: np.ndarray, labels: np.ndarray, *, core_px: i
     return np.asarray(spreads, np.float64)
 
 
-def particle_lighting(image: np.ndarray, labels: np.ndarray, ids=None, *, min_pixels: int = 150,
-                      core_px: float = 0.0) -> np.ndarray:
+def particle_lighting(image: np.ndarray, labels: np.ndarray, ids=None, *, min_pixels: int = 150) -> np.ndarray:
     """Per particle, its mean level and its linear brightness ramp, in units of the image's particle contrast.
 
     image: (H, W) float; labels: (H, W) int instance ids, 0 = substrate; ids: the particles to measure (default
-    every instance with at least ``min_pixels`` measured pixels). Contrast c = median particle level - median
-    substrate level (over whole masks). With ``core_px`` > 0 only each particle's core is measured: its pixels
-    more than ``core_px`` from any other id (substrate or another particle), so that the bright rim and a mask
-    drawn a pixel off the true outline (hand-drawn masks are) do not pass for a ramp. Returns (N, 3):
-    (mean - substrate median) / c, and the least-squares slope of the level across the measured pixels (x to the
-    right, y down), times their equivalent radius, over c.
+    every instance with at least ``min_pixels`` visible pixels). Contrast c = median particle level - median
+    substrate level. Returns (N, 3): (mean - substrate median) / c, and the least-squares slope of the level
+    across the particle (x to the right, y down), times the particle's equivalent radius, over c.
     """
     lab = np.asarray(labels)
     img = np.asarray(image, np.float64)
@@ -187,8 +183,6 @@ def particle_lighting(image: np.ndarray, labels: np.ndarray, ids=None, *, min_pi
         return np.zeros((0, 3))
     sub = float(np.median(img[~fg]))
     contrast = float(np.median(img[fg])) - sub
-    if core_px > 0:
-        lab = np.where(fg & (_distance_px(fg & ~boundary_map(lab)) > core_px), lab, 0)
     n_all = np.bincount(lab.ravel())
     chosen = np.flatnonzero(n_all >= min_pixels)
     chosen = chosen[chosen > 0]
