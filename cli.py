@@ -261,7 +261,7 @@ def _progress(desc: str, total: int, unit: str = "img"):
     """A tqdm bar; returns (bar, per-item callback)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit=unit, desc=desc)
+    bar = tqdm(total=total or None, unit=unit, desc=desc)
     return bar, bar.update
 
 
@@ -706,6 +706,118 @@ def appearance_apply(
     except (InputError, FileNotFoundError, FileExistsError, ValueError) as err:
         _fail(str(err))
     typer.echo(f"generated {manifest['n_images']} images into {out}/")
+
+
+domain_app = _App(no_args_is_help=True, rich_markup_mode=None,
+                  help="Operating domain: the training images in influence-factor space; is a new image inside?")
+app.add_typer(domain_app, name="domain")
+
+
+@domain_app.command("fit")
+def domain_fit(
+    train: Path = typer.Argument(..., help="The model's training images: a dataset folder (ingested or simulated) "
+                                 "or the JSON of `cli.py factors`."),
+    out: Path = typer.Option(..., "--out", help="Domain file to write (JSON)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the bootstrap over training images."),
+) -> None:
+    """Fit the training images' distribution in factor space (Gaussian copula, KDE marginals)."""
+    from eval.domain.run import factor_rows, fit_file
+    from simulator.io.errors import UserError
+    from simulator.io.files import atomic_write_json
+
+    if out.is_dir():
+        raise UserError(out, "is a folder", "a JSON file to write, e.g. domain.json")
+    bar, tick = _progress("factors", 0)
+    with bar:
+        rows, names = factor_rows(train, on_image=tick)
+    blob = fit_file(rows, names, train, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, blob)
+    model = blob["model"]
+    typer.echo(f"{blob['n_images']} training images; factors {', '.join(model['names'])}"
+               + (f"; fixed {model['fixed']}" if model["fixed"] else ""))
+    low = [r["image"] for r in blob["leave_one_out"] if r["p_value_left_out"] < 1e-3]
+    typer.echo(f"left-out training images flagged atypical at p < 0.001: {len(low)} of {len(names)}")
+    typer.echo(f"wrote {out}")
+
+
+@domain_app.command("check")
+def domain_check(
+    domain: Path = typer.Argument(..., help="Domain file written by `cli.py domain fit`."),
+    images: Path = typer.Argument(..., help="Images to check: a dataset folder or a factors JSON."),
+    out: Path = typer.Option(..., "--out", help="Folder to write: domain_check.json, .md and .png."),
+    ranges: Path = typer.Option(None, "--ranges", help="Output folder of `cli.py robustness` (its operating "
+                                "ranges and its images, on which the ranges are converted to measured factors)."),
+    alpha: float = typer.Option(1e-3, "--alpha", min=1e-9, max=0.5,
+                                help="An image is atypical of the training images below this typicality p."),
+) -> None:
+    """One verdict per image: inside, atypical of the training images, outside a validated range, or untested."""
+    from eval.domain.report import markdown, scatter_matrix
+    from eval.domain.run import check_rows, factor_rows, load_domain, robustness_inputs
+    from simulator.io.files import atomic_write_bytes, atomic_write_json
+
+    model = load_domain(domain)
+    rng, maps = [], {}
+    if ranges is not None:
+        bar, tick = _progress("robustness images", 0)
+        with bar:
+            rng, maps = robustness_inputs(ranges, on_image=tick)
+    bar, tick = _progress("factors", 0)
+    with bar:
+        rows, names = factor_rows(images, on_image=tick)
+    results = check_rows(model, rows, names, rng, maps, alpha=alpha)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "domain_check.json", {"domain": str(domain), "images": str(images),
+                                                  "ranges": None if ranges is None else str(ranges),
+                                                  "alpha": alpha, "results": results})
+    scatter_matrix(model, results, rng, maps, out / "domain_check.png")
+    atomic_write_bytes(out / "domain_check.md", markdown(results, model, rng).encode())
+    for r in results:
+        typer.echo(f"{r['image']}: {r['verdict']}: {'; '.join(r['reasons'])}")
+    typer.echo(f"wrote {out}/domain_check.json, .md, .png")
+
+
+@domain_app.command("sample")
+def domain_sample(
+    domain: Path = typer.Argument(..., help="Domain file written by `cli.py domain fit`."),
+    base: Path = typer.Option(..., "--base", help="Simulator config for everything the factors do not set."),
+    n: int = typer.Option(..., "--n", min=1, help="Configs to draw."),
+    out: Path = typer.Option(..., "--out", help="Folder to write config_NNN.toml and samples.json into."),
+    shift: list[str] = typer.Option([], "--shift", help="FACTOR=MULTIPLIER after drawing, e.g. blur_sigma_nm=3 "
+                                    "(a shifted test set); repeat."),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    """Draw simulator configs from the training distribution (or a shifted one): pixel size, probe blur, coverage
+    and dose from the drawn factors."""
+    from eval.domain.run import load_domain, sample_configs
+    from eval.factors import image_factors
+    from simulator.config import config_to_toml, load_config
+    from simulator.io.errors import UserError
+    from simulator.io.files import atomic_write_bytes, atomic_write_json
+    from simulator.pipeline import simulate_image
+
+    model = load_domain(domain)
+    cfg = load_config(base)
+    shifts = {}
+    for item in shift:
+        name, _, value = item.partition("=")
+        try:
+            shifts[name] = float(value)
+        except ValueError:
+            raise UserError(Path(item), "is not FACTOR=NUMBER", "e.g. --shift blur_sigma_nm=3") from None
+        if name not in model.names and name not in model.fixed:
+            raise UserError(Path(item), f"names no factor of the domain ({', '.join(model.names)})",
+                            "one of the domain's factors") from None
+    probe = simulate_image(cfg, seed, 0)  # the base's SNR, to set the dose
+    snr = image_factors(probe.image, cfg.image.pixel_size_nm, probe.render.instance_id).snr
+    pairs = sample_configs(model, cfg, n, seed=seed, shift=shifts, snr_at_base=snr)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, (_, c) in enumerate(pairs):
+        atomic_write_bytes(out / f"config_{k:03d}.toml",
+                           config_to_toml(c, header=f"drawn from {domain} (seed {seed}, draw {k})").encode())
+    atomic_write_json(out / "samples.json", {"domain": str(domain), "seed": seed, "shift": shifts,
+                                             "factors": [row for row, _ in pairs]})
+    typer.echo(f"wrote {n} configs to {out}/ (simulate each with `cli.py simulate CONFIG --n ...`)")
 
 
 if __name__ == "__main__":

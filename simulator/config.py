@@ -168,7 +168,7 @@ class ShadingConfig:
     residue_width_nm: float = 1.5  # rim line width (Gaussian sigma across the rim)
     residue_irregularity: float = 0.35  # outline wobble: relative amplitude of the lobes of each island (0 = ellipses)
     residue_spread: float = 0.8  # image-to-image spread (log-normal sigma) of the islands' coverage and rim strength
-    residue_arc_variation: float = 0.0  # variation of rim strength along and between outlines (log-normal sigma; 0 = even)
+    residue_arc_variation: float = 0.0  # rim strength varying along and between outlines (log-normal sigma; 0 = even)
     substrate_dots_per_um2: float = 0.0  # small bright dots on the substrate (contamination, fine debris; 0 = none)
     substrate_dot_gain: float = 1.2  # median relative yield increase at a dot's centre (log-normal, sigma 0.5)
     substrate_dot_size_nm: float = 4.5  # Gaussian sigma of a dot

@@ -2,7 +2,8 @@
 
 ``substrate_texture`` places a Perlin fBm + ridged-line tile (``noise`` package, computed once per setting) with a
 random shift and rotation per image; ``residue_rims`` draws the lobed outlines of dried droplets and film patches;
-``substrate_dots`` the small bright dots (fine debris, contamination) that speckle real substrates. All return per-pixel relative yield changes of the substrate that ``simulator.shading.shade`` multiplies in.
+``substrate_dots`` the small bright dots (fine debris, contamination) that speckle real substrates. All return
+per-pixel relative yield changes of the substrate that ``simulator.shading.shade`` multiplies in.
 """
 
 from __future__ import annotations
