@@ -38,7 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_validity import (  # noqa: E402
-    DEFAULT_REFERENCE, FOLD_SIZE, N_FOLDS, c2st_job, fitted_config, fold_names, ingest_subset, simulate,
+    DEFAULT_REFERENCE,
+    FOLD_SIZE,
+    N_FOLDS,
+    c2st_job,
+    fitted_config,
+    fold_names,
+    ingest_subset,
+    simulate,
 )
 
 SCORES = ("overall", "particles", "substrate")

@@ -14,7 +14,8 @@ sorted-name order and trains on the other 15). Per fold and simulator config:
        class only); the normalised C2ST of the synthetic against the real test images (one per C2ST seed).
 
 Nothing is chosen on a fold's test images (a parameter is chosen per fold on its training images by
-bench/bench_select.py, which shares this bench's --out folder and fitted configs). The table gives, per config, model and metric, the mean over folds
+bench/bench_select.py, which shares this bench's --out folder and fitted configs).
+The table gives, per config, model and metric, the mean over folds
 and seeds of the real value, the synthetic value and their difference (with its SD over folds x seeds), the
 issue's tolerance and the verdict; then whether the models rank the same, and the C2ST.
 

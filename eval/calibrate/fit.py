@@ -28,7 +28,12 @@ import numpy as np
 from scipy import ndimage
 
 from eval.calibrate.image_stats import (
-    contact_darkening, image_statistics, lighting_statistics, particle_lighting, particle_profile, profile_statistics,
+    contact_darkening,
+    image_statistics,
+    lighting_statistics,
+    particle_lighting,
+    particle_profile,
+    profile_statistics,
 )
 from simulator.classes import CLASSES, MEASURED_CLASS, instance_classes
 from simulator.config import SimConfig
