@@ -82,6 +82,12 @@ def test_coverage_and_touching_of_a_known_label_map():
     assert F.touching_fraction(lab) == pytest.approx(4 / 5)
     assert F.touching_fraction(lab, measured_ids={1, 3}) == pytest.approx(1 / 2)  # 2 touches 1 though not counted
     assert F.particles_per_aggregate(lab) == pytest.approx(5 / 3)  # {1, 2}, {3}, {4, 5}
+    # manual masks part touching particles by a background line: up to 2 px it is contact, 3 px is not
+    for gap, touching in ((1, {1, 2}), (2, {1, 2}), (3, set())):
+        pair = np.zeros((20, 20), np.int32)
+        pair[5:10, 2:6] = 1
+        pair[5:10, 6 + gap:10 + gap] = 2
+        assert F.touching_ids(pair) == touching, gap
 
 
 def test_size_percentiles_of_equal_squares():

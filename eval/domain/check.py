@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.domain.model import DomainModel, typicality
+from eval.domain.model import DomainModel, factor_value, typicality
 
 # config key swept by robustness -> the measured factor that estimates it
 FACTOR_OF_KEY = {
@@ -81,6 +81,8 @@ def load_ranges(robustness_json: Path) -> list[Range]:
     ranges = (blob.get("statistics") or {}).get("ranges")
     if not ranges:
         raise ValueError("holds no operating ranges (a one-at-a-time or grid robustness run has them)")
+    if isinstance(ranges, dict):  # keyed by factor
+        ranges = list(ranges.values())
     return [Range(r["factor"], float(r["nominal"]), float(r["tested_lo"]), float(r["tested_hi"]),
                   None if r["range_lo"] is None else float(r["range_lo"]),
                   None if r["range_hi"] is None else float(r["range_hi"]), r.get("statement", ""))
@@ -102,8 +104,9 @@ def level_maps(per_image_csv: Path, factors_of: Mapping[str, Mapping[str, float]
         for row in rows:
             others = all(abs(float(row[f"factor:{k}"]) - v) <= 1e-9 * max(abs(v), 1)
                          for k, v in nominal.items() if k != key and f"factor:{k}" in row)
-            value = factors_of.get(row["file_name"], {}).get(factor)
-            if others and value is not None and np.isfinite(value) and value > 0:
+            measured = factors_of.get(row["file_name"])
+            value = factor_value(measured, factor) if measured else float("nan")
+            if others and np.isfinite(value) and value > 0:
                 by_level.setdefault(float(row[f"factor:{key}"]), []).append(float(value))
         if len(by_level) >= 2:
             levels = sorted(by_level)
@@ -140,8 +143,8 @@ def check_image(name: str, row: Mapping[str, float], model: DomainModel, ranges:
         m = (maps or {}).get(rng.key)
         if m is None:
             continue
-        value = row.get(m.factor)
-        if value is None or not np.isfinite(value):
+        value = factor_value(row, m.factor)
+        if not np.isfinite(value):
             continue
         level = m.level_of(float(value))
         status = range_status(rng, level)

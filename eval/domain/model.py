@@ -39,7 +39,8 @@ TRANSFORMS: dict[str, str] = {
 }
 # snr (particle contrast / noise) stands for the dose: equivalent counts move with the brightness offset too (two
 # of the reference images have a brighter substrate and 3-5x the counts of the rest at the same SNR)
-DEFAULT_FACTORS = ("pixel_size_nm", "blur_sigma_nm", "snr", "coverage", "touching_fraction", "d50_nm")
+DEFAULT_FACTORS = ("pixel_size_nm", "blur_sigma_nm", "snr", "coverage", "touching_fraction", "particles_per_aggregate",
+                   "d50_nm")
 BLUR_FLOOR_PX = 0.3  # blur_sigma_nm below 0.3 px is unresolved (eval.factors): estimates are floored there
 FIXED_REL_TOL = 0.05  # a factor constant in training: a query within 5 % of it is inside
 _EPS = 1e-4
@@ -99,7 +100,7 @@ class DomainModel:
                            float(blob.get("shrinkage", 0.0)))
 
 
-def _value(row: Mapping[str, float], name: str) -> float:
+def factor_value(row: Mapping[str, float], name: str) -> float:
     v = row.get(name)
     v = np.nan if v is None else float(v)
     if name == "blur_sigma_nm" and np.isfinite(v) and row.get("pixel_size_nm"):
@@ -109,7 +110,7 @@ def _value(row: Mapping[str, float], name: str) -> float:
 
 def factor_matrix(rows: Sequence[Mapping[str, float]], names: Sequence[str]) -> np.ndarray:
     """(n, k) raw factor values of ``rows`` (NaN where missing; blur floored at its resolution limit)."""
-    return np.array([[_value(r, n) for n in names] for r in rows], float).reshape(len(rows), len(names))
+    return np.array([[factor_value(r, n) for n in names] for r in rows], float).reshape(len(rows), len(names))
 
 
 def fit_domain(rows: Sequence[Mapping[str, float]], names: Sequence[str] = DEFAULT_FACTORS, *,
@@ -183,7 +184,7 @@ def typicality(model: DomainModel, row: Mapping[str, float]) -> Typicality:
     have = np.isfinite(raw)
     fixed_out = {}
     for name, value in model.fixed.items():
-        v = _value(row, name)
+        v = factor_value(row, name)
         if np.isfinite(v) and abs(v - value) > FIXED_REL_TOL * abs(value):
             fixed_out[name] = v
     used = tuple(n for n, h in zip(model.names, have, strict=True) if h)

@@ -107,8 +107,9 @@ def sample_configs(model: DomainModel, base, n: int, *, seed: int = 0, shift: Ma
         if "blur_sigma_nm" in row:
             cfg = replace(cfg, probe=replace(cfg.probe, sigma_nm=float(row["blur_sigma_nm"])))
         if "coverage" in row:
+            # the drawn coverage is this image's: no image-to-image density spread on top of it
             cfg = replace(cfg, field=replace(cfg.field, coverage=float(np.clip(row["coverage"], 0.005, 0.6)),
-                                             primaries_per_um2=0.0))
+                                             primaries_per_um2=0.0, density_spread=0.0))
         if "snr" in row and snr_at_base:
             # SNR grows as the square root of the dose
             current = base.detector.probe_current_pA * (row["snr"] / snr_at_base) ** 2
