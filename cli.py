@@ -518,6 +518,62 @@ def realism(
     typer.echo(f"wrote {out / 'realism.json'}, {out / 'realism.html'}")
 
 
+@app.command()
+def uncertainty(
+    test: Path = typer.Option(None, "--test", help="Labelled test images (dataset folder; ingested real images)."),
+    train: Path = typer.Option(None, "--train", help="Labelled training images (dataset folder), resampled by image."),
+    model_family: str = typer.Option("unet", "--model-family", help="unet, or toy (a constructed measurement with "
+                                     "known variance components, to check the decomposition)."),
+    k: int = typer.Option(4, "--k", min=2, help="Training-set draws (bootstrap resamples of --train)."),
+    seeds: int = typer.Option(2, "--seeds", min=2, help="Training seeds per draw."),
+    noise: int = typer.Option(3, "--noise", min=2, help="Noise re-draws of the test images per model."),
+    boot: int = typer.Option(50, "--boot", min=2, help="Bootstrap resamples of the test images per model."),
+    steps: int = typer.Option(200, "--steps", min=1, help="U-Net training steps per model."),
+    budget_cpu: bool = typer.Option(False, "--budget-cpu", help="Small U-Net (8 base channels, depth 3), 128 px "
+                                    "crops: a budget that fits 2 CPU cores."),
+    workers: int = typer.Option(1, "--workers", min=1),
+    seed: int = typer.Option(0, "--seed", min=0),
+    out: Path = typer.Option(..., "--out", help="Output folder (resumed when it holds units of the same plan)."),
+) -> None:
+    """Uncertainty budget of a model's size measurement: training-set sampling, retraining, input noise, test
+    sampling (random-effects decomposition, eval/uncertainty/budget.py)."""
+    import json as _json
+    from dataclasses import asdict
+
+    from eval.uncertainty.run import FAMILIES, UncertaintyPlan, run
+    from simulator.io.errors import UserError
+
+    if model_family not in FAMILIES:
+        raise UserError(Path(model_family), "is not a model family", f"one of {', '.join(FAMILIES)}")
+    if model_family != "toy":
+        for name, folder in (("--test", test), ("--train", train)):
+            if folder is None:
+                raise UserError(Path(name), "is missing", "a labelled dataset folder (cli.py ingest)")
+            if not (folder / "annotations.json").is_file():
+                raise UserError(folder, "is not a dataset folder (no annotations.json)",
+                                "a labelled dataset folder (cli.py ingest)")
+        from eval.evaluate import usable_images
+
+        usable_images(test)  # labels present and readable, before any training
+        if len(usable_images(train)) < 2:
+            raise UserError(train, "has fewer than 2 labelled images", "a training set to resample")
+    plan = UncertaintyPlan(family=model_family, train_dir=None if train is None else str(train),
+                           test_dir=None if test is None else str(test), draws=k, seeds=seeds, noise_draws=noise,
+                           test_boot=boot, steps=steps, seed=seed,
+                           **({"crop_px": 128, "base_channels": 8} if budget_cpu else {"crop_px": 256,
+                                                                                      "base_channels": 16}))
+    old = out / "plan.json"
+    if old.exists() and _json.loads(old.read_text()) != _json.loads(_json.dumps(asdict(plan))):
+        raise UserError(old, "holds another plan", "the same options to resume, or another --out")
+    bar, tick = _progress("models", k * seeds, unit="model")
+    with bar:
+        result = run(plan, out, workers=workers, on_unit=lambda uid: tick())
+    for name, b in result["budgets"].items():
+        parts = ", ".join(f"{c['name']} {c['u']:.3g}" for c in b["components"])
+        typer.echo(f"{name}: mean {b['mean']:.4g}, u_c {b['u_c']:.3g}, U(k=2) {b['U']:.3g} ({parts})")
+    typer.echo(f"wrote {out}/uncertainty.json, budget.md, budget.png")
+
+
 segment_app = _App(no_args_is_help=True, rich_markup_mode=None, help="The built-in U-Net instance segmenter.")
 app.add_typer(segment_app, name="segment")
 

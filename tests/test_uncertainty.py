@@ -218,3 +218,84 @@ def test_split_design_covers_the_known_components():
     assert abs(np.mean(raw) - SIGMA[TRAIN] ** 2) < 4 * sd
     with pytest.raises(ValueError, match=r"retraining seeds: 1 models per row \(expected at least 2\)"):
         training_components_split([1.0, 2.0], [3.0])
+
+
+# ------------------------------------------------------------------------------------- orchestration (cli.py)
+
+
+def test_orchestration_recovers_the_toy_components_within_their_intervals(tmp_path):
+    """The whole plan (units, noise re-draws, bootstraps by image, budget) on a toy measurement with known
+    sigmas (training set 3, retraining 2, input noise 1; test sampling: the bootstrap SD of the fixed per-image
+    effects): over 20 plan seeds each 95 % interval covers its truth at least 16 times."""
+    from eval.uncertainty.run import UncertaintyPlan, _hash_normal, run
+
+    covered: dict[str, int] = {}
+    for s in range(20):
+        plan = UncertaintyPlan(family="toy", train_dir=None, test_dir=None, draws=8, seeds=3, noise_draws=4,
+                               test_boot=40, seed=s)
+        result = run(plan, tmp_path / str(s))
+        e = np.array([1.5 * _hash_normal("image", s, k) for k in range(12)])
+        truth = {"training_set": 3.0, "retraining": 2.0, "input_noise": 1.0, "test_sampling": np.sqrt(e.var() / 12)}
+        for c in result["budgets"]["D50_nm"]["components"]:
+            covered[c["name"]] = covered.get(c["name"], 0) + (c["u_low"] <= truth[c["name"]] <= c["u_high"])
+    assert set(covered) == {"training_set", "retraining", "input_noise", "test_sampling"}
+    assert all(n >= 16 for n in covered.values()), covered
+
+
+def test_killed_run_resumes_to_the_same_budget_and_resamples_are_by_image(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from eval.uncertainty.run import UncertaintyPlan, _subset_dataset, run, run_unit, unit_seeds
+
+    plan = UncertaintyPlan(family="toy", train_dir=None, test_dir=None, draws=3, seeds=2, noise_draws=3,
+                           test_boot=10, seed=4)
+    whole = run(plan, tmp_path / "whole")
+    part = tmp_path / "part"
+    (part / "units").mkdir(parents=True)
+    units = unit_seeds(plan)
+    for uid in list(units)[:2]:  # "killed" after two units, one leftover temp file of a third
+        run_unit((asdict(plan), uid, units[uid], str(part)))
+    (part / "units" / f"{list(units)[2]}.json.tmp").write_text("{partial")
+    resumed = run(plan, part)
+    assert json.dumps(resumed["budgets"], sort_keys=True) == json.dumps(whole["budgets"], sort_keys=True)
+    # a bootstrap training set is made of whole images (repeats allowed), annotations follow their image
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "labels").mkdir()
+    coco = {"images": [], "annotations": []}
+    for k in range(3):
+        (src / "images" / f"{k}.png").write_bytes(b"x")
+        (src / "labels" / f"{k}.png").write_bytes(b"y")
+        coco["images"].append({"id": k + 1, "file_name": f"{k}.png", "label_file": f"labels/{k}.png"})
+        coco["annotations"] += [{"id": 10 * k + p, "image_id": k + 1, "instance_id": p} for p in (1, 2)]
+    (src / "annotations.json").write_text(json.dumps(coco))
+    sub = _subset_dataset(src, [2, 2, 0], tmp_path / "sub")
+    got = json.loads((sub / "annotations.json").read_text())
+    assert [im["file_name"] for im in got["images"]] == ["000_2.png", "001_2.png", "002_0.png"]
+    assert [(a["image_id"], a["instance_id"]) for a in got["annotations"]] == [(1, 1), (1, 2), (2, 1), (2, 2),
+                                                                               (3, 1), (3, 2)]
+    assert len({a["id"] for a in got["annotations"]}) == 6
+    assert (sub / "images" / "001_2.png").resolve() == (src / "images" / "2.png").resolve()
+
+
+def test_uncertainty_cli_refuses_bad_input_before_any_training(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    runner = CliRunner()
+    for args, needle in (
+        (["uncertainty", "--out", str(tmp_path / "a")], "--test"),
+        (["uncertainty", "--model-family", "cnn", "--out", str(tmp_path / "b")], "not a model family"),
+        (["uncertainty", "--test", str(tmp_path), "--train", str(tmp_path), "--out", str(tmp_path / "c")],
+         "no annotations.json"),
+        (["uncertainty", "--model-family", "toy", "--k", "1", "--out", str(tmp_path / "d")], "--k"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert needle in result.output and "Traceback" not in result.output
+    assert runner.invoke(app, ["uncertainty", "--model-family", "toy", "--k", "3", "--out",
+                               str(tmp_path / "e")]).exit_code == 0
+    result = runner.invoke(app, ["uncertainty", "--model-family", "toy", "--k", "4", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "another plan" in result.output
