@@ -176,8 +176,9 @@ def _unet_unit(plan: UncertaintyPlan, unit: dict, work: Path) -> dict:
 
     n_train = len(read_dataset(plan.train_dir, labels=False).infos)
     pick = np.sort(np.random.default_rng(unit["select_seed"]).integers(0, n_train, n_train))
-    data = _subset_dataset(Path(plan.train_dir), pick.tolist(), work / f"train_d{unit['draw']:02d}")
-    ckpt = work / f"{_unit_id(unit['draw'], unit['seed_index'])}.pt"
+    uid = _unit_id(unit["draw"], unit["seed_index"])
+    data = _subset_dataset(Path(plan.train_dir), pick.tolist(), work / f"train_{uid}")  # per unit: no races
+    ckpt = work / f"{uid}.pt"
     train_unet([data], ckpt, steps=plan.steps, crop_px=plan.crop_px, batch_size=4, seed=unit["model_seed"],
                device="auto", overwrite=True, checkpoint_every=max(plan.steps, 1),
                model=UNetConfig(base_channels=plan.base_channels, depth=3, max_channels=64, head_channels=8))
