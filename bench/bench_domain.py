@@ -7,7 +7,8 @@
    and shifted along blur (x6), dose (SNR x0.25, current x1/16), pixel size (x2) and crowding (coverage x20, clipped
    at 0.6: the reference images range over 0.04-0.32, so a smaller factor leaves some draws inside);
    one image each is simulated and checked against the domain and the ranges of a robustness run (--ranges:
-   the output folder of `cli.py robustness`). In-distribution draws should be inside, shifted ones not.
+   the output folder of `cli.py robustness`). Expected: inside when drawn unshifted and, per validated key,
+   the drawn factor's equivalent level lies inside the range (the check itself sees only the image).
 
     python cli.py robustness configs/sweeps/robustness.toml --model watershed --out /tmp/rob --tau 0.3 --alpha 0.4
     python bench/bench_domain.py --out /tmp/domain --ranges /tmp/rob
@@ -48,7 +49,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.reference / "classes").is_dir():
         sys.exit(f"{args.reference}: no classes/ folder (the reference set with class masks is needed); skipped")
-    from eval.domain.model import DomainModel
+    from eval.domain.check import range_status
+    from eval.domain.model import DomainModel, factor_value
     from eval.domain.run import check_rows, factor_rows, fit_file, robustness_inputs, sample_configs
     from eval.factors import dataset_factors, image_factors, open_dataset
     from simulator.config import load_config
@@ -101,8 +103,13 @@ def main() -> None:
             measured = dataset_factors(open_dataset(d))["images"][0]
             row = {key: (float("nan") if v is None else v) for key, v in measured.items() if key != "file_name"}
             result = check_rows(model, [row], [f"{label} {j}"], ranges, maps)[0]
-            expected_inside = not shift
+            # truth from the drawn factors (the check sees only the image): inside = drawn from the domain
+            # unshifted and, per validated key, the drawn factor's equivalent level inside its range
+            expected_inside = not shift and all(
+                range_status(r, maps[r.key].level_of(factor_value(drawn, maps[r.key].factor))) == "inside"
+                for r in ranges if r.key in maps and np.isfinite(factor_value(drawn, maps[r.key].factor)))
             sim_results.append({"set": label, "drawn": drawn, "verdict": result["verdict"],
+                                "expected": "inside" if expected_inside else "not inside",
                                 "reasons": result["reasons"], "correct": (result["verdict"] == "inside")
                                 == expected_inside})
         got = [r for r in sim_results if r["set"] == label]
