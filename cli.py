@@ -522,6 +522,9 @@ def realism(
 def uncertainty(
     test: Path = typer.Option(None, "--test", help="Labelled test images (dataset folder; ingested real images)."),
     train: Path = typer.Option(None, "--train", help="Labelled training images (dataset folder), resampled by image."),
+    train_config: Path = typer.Option(None, "--train-config", help="Or: a simulator config; each draw simulates a "
+                                      "fresh training set of --train-images images."),
+    train_images: int = typer.Option(15, "--train-images", min=2, help="Images per simulated training set."),
     model_family: str = typer.Option("unet", "--model-family", help="unet, or toy (a constructed measurement with "
                                      "known variance components, to check the decomposition)."),
     k: int = typer.Option(4, "--k", min=2, help="Training-set draws (bootstrap resamples of --train)."),
@@ -545,8 +548,15 @@ def uncertainty(
 
     if model_family not in FAMILIES:
         raise UserError(Path(model_family), "is not a model family", f"one of {', '.join(FAMILIES)}")
+    if train is not None and train_config is not None:
+        raise UserError(train_config, "given with --train", "one source of training sets: --train or --train-config")
+    if model_family != "toy" and train_config is not None:
+        from simulator.config import load_config
+
+        load_config(train_config)  # a bad config fails here, before any training
     if model_family != "toy":
-        for name, folder in (("--test", test), ("--train", train)):
+        sources = (("--test", test),) if train_config is not None else (("--test", test), ("--train", train))
+        for name, folder in sources:
             if folder is None:
                 raise UserError(Path(name), "is missing", "a labelled dataset folder (cli.py ingest)")
             if not (folder / "annotations.json").is_file():
@@ -555,10 +565,12 @@ def uncertainty(
         from eval.evaluate import usable_images
 
         usable_images(test)  # labels present and readable, before any training
-        if len(usable_images(train)) < 2:
+        if train is not None and len(usable_images(train)) < 2:
             raise UserError(train, "has fewer than 2 labelled images", "a training set to resample")
     plan = UncertaintyPlan(family=model_family, train_dir=None if train is None else str(train),
-                           test_dir=None if test is None else str(test), draws=k, seeds=seeds, noise_draws=noise,
+                           test_dir=None if test is None else str(test),
+                           train_config=None if train_config is None else str(train_config),
+                           train_images=train_images, draws=k, seeds=seeds, noise_draws=noise,
                            test_boot=boot, steps=steps, seed=seed,
                            **({"crop_px": 128, "base_channels": 8} if budget_cpu else {"crop_px": 256,
                                                                                       "base_channels": 16}))

@@ -299,3 +299,38 @@ def test_uncertainty_cli_refuses_bad_input_before_any_training(tmp_path):
                                str(tmp_path / "e")]).exit_code == 0
     result = runner.invoke(app, ["uncertainty", "--model-family", "toy", "--k", "4", "--out", str(tmp_path / "e")])
     assert result.exit_code == 2 and "another plan" in result.output
+
+
+@pytest.mark.slow
+def test_unet_family_end_to_end_on_simulated_training_sets(tmp_path):
+    """The real path: fresh simulated training sets per draw, a tiny U-Net per unit, noise re-draws and test
+    bootstraps of a labelled test set, every measurand's budget written."""
+    import json
+
+    from conftest import small_config
+    from typer.testing import CliRunner
+
+    from cli import app
+    from simulator.config import config_to_toml
+    from simulator.io.writer import write_dataset
+
+    cfg = small_config(image={"width_px": 256, "height_px": 192})
+    toml = tmp_path / "small.toml"
+    toml.write_text(config_to_toml(cfg, header="test"))
+    write_dataset(tmp_path / "test", cfg, n_images=3, seed=99, workers=1)
+    result = CliRunner().invoke(app, [
+        "uncertainty", "--test", str(tmp_path / "test"), "--train-config", str(toml), "--train-images", "3",
+        "--model-family", "unet", "--k", "2", "--seeds", "2", "--noise", "2", "--boot", "5", "--steps", "15",
+        "--budget-cpu", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    blob = json.loads((tmp_path / "out" / "uncertainty.json").read_text())
+    assert len(blob["models"]) == 4 and {m["unit"] for m in blob["models"]} == {"d00_s00", "d00_s01", "d01_s00",
+                                                                                   "d01_s01"}
+    assert "F1" in blob["budgets"]  # 15 steps: sizes may be missing (no prediction), F1 is always defined
+    assert ("D50_nm" in blob["budgets"]) == all(np.isfinite(m["nominal"]["D50_nm"]) for m in blob["models"])
+    unit = json.loads((tmp_path / "out" / "units" / "d00_s00.json").read_text())
+    assert len(unit["nominal"]) == 3 and len(unit["noise"]) == 2
+    assert not list((tmp_path / "out" / "work").glob("*.pt"))  # weights are not kept
+    # the two seeds of a draw share its simulated training set, the two draws do not
+    a, b = (json.loads((tmp_path / "out" / "units" / f"d0{i}_s00.json").read_text())["select_seed"] for i in (0, 1))
+    assert a != b

@@ -2,7 +2,8 @@
 and decompose the spread of their measurement (``eval.uncertainty.budget``).
 
     plan: a training-set draws x r seeds (crossed; every run its own seed, spawned from one SeedSequence)
-      draw i: a bootstrap resample of the real training images (by image)       -> training-set sampling
+      draw i: a bootstrap resample of the real training images (by image), or a fresh training set simulated
+              from a config (--train-config)                                   -> training-set sampling
       seed j: the model's initialisation and data order                        -> retraining
     each unit (one trained model, kill-safe: OUT/units/dI_sJ.json written atomically, skipped when present)
       evaluates on the test images as they are and on n noise re-draws (Gaussian noise at each image's measured
@@ -32,15 +33,17 @@ import numpy as np
 
 from eval.uncertainty.budget import TRAIN, bootstrap_image_indices, images_needed_to_halve, uncertainty_budget
 
-MEASURANDS = ("D50_nm", "D10_nm", "D90_nm", "F1")
+MEASURANDS = ("D50_nm", "D10_nm", "D90_nm", "dg_nm", "sigma_g", "F1")
 FAMILIES = ("unet", "toy")
 
 
 @dataclass(frozen=True, slots=True)
 class UncertaintyPlan:
     family: str
-    train_dir: str | None  # real training images (dataset folder); None for the toy
+    train_dir: str | None  # real training images (dataset folder), resampled by image; None for the toy
     test_dir: str | None
+    train_config: str | None = None  # or: a simulator config; each draw simulates a fresh training set
+    train_images: int = 15  # images per simulated training set
     draws: int = 4  # training-set draws (bootstrap resamples of the training images)
     seeds: int = 2  # seeds per draw
     noise_draws: int = 3
@@ -174,10 +177,19 @@ def _unet_unit(plan: UncertaintyPlan, unit: dict, work: Path) -> dict:
     from eval.segment.unet import UNetConfig, train_unet
     from simulator.io.reader import read_dataset
 
-    n_train = len(read_dataset(plan.train_dir, labels=False).infos)
-    pick = np.sort(np.random.default_rng(unit["select_seed"]).integers(0, n_train, n_train))
     uid = _unit_id(unit["draw"], unit["seed_index"])
-    data = _subset_dataset(Path(plan.train_dir), pick.tolist(), work / f"train_{uid}")  # per unit: no races
+    if plan.train_config:  # a fresh simulated training set per draw (the draw's seeds share it: same seed)
+        from simulator.config import load_config
+        from simulator.io.writer import write_dataset
+
+        data = work / f"train_{uid}"
+        write_dataset(data, load_config(plan.train_config), n_images=plan.train_images,
+                      seed=unit["select_seed"] % (2**31), workers=1, overwrite=True)
+        pick = np.arange(plan.train_images)
+    else:
+        n_train = len(read_dataset(plan.train_dir, labels=False).infos)
+        pick = np.sort(np.random.default_rng(unit["select_seed"]).integers(0, n_train, n_train))
+        data = _subset_dataset(Path(plan.train_dir), pick.tolist(), work / f"train_{uid}")  # per unit: no races
     ckpt = work / f"{uid}.pt"
     train_unet([data], ckpt, steps=plan.steps, crop_px=plan.crop_px, batch_size=4, seed=unit["model_seed"],
                device="auto", overwrite=True, checkpoint_every=max(plan.steps, 1),
@@ -215,11 +227,13 @@ def measure(images: Sequence[dict], family: str) -> dict[str, float]:
     """The measurands over a set of per-image results (pooled ECDs for D10/D50/D90, summed counts for F1)."""
     if family == "toy":
         return {"D50_nm": float(np.mean([im["value"] for im in images])), "D10_nm": math.nan, "D90_nm": math.nan,
-                "F1": math.nan}
+                "dg_nm": math.nan, "sigma_g": math.nan, "F1": math.nan}
     ecd = np.concatenate([np.asarray(im["ecd_nm"], float) for im in images]) if images else np.zeros(0)
     tp, fp, fn = (sum(im[k] for im in images) for k in ("tp", "fp", "fn"))
     d10, d50, d90 = np.percentile(ecd, [10, 50, 90]) if ecd.size else (math.nan,) * 3
-    return {"D50_nm": float(d50), "D10_nm": float(d10), "D90_nm": float(d90),
+    log_ecd = np.log(ecd[ecd > 0])
+    dg, sg = (float(np.exp(log_ecd.mean())), float(np.exp(log_ecd.std()))) if log_ecd.size > 1 else (math.nan,) * 2
+    return {"D50_nm": float(d50), "D10_nm": float(d10), "D90_nm": float(d90), "dg_nm": dg, "sigma_g": sg,
             "F1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan}
 
 
