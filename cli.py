@@ -857,12 +857,10 @@ def domain_sample(
 ) -> None:
     """Draw simulator configs from the training distribution (or a shifted one): pixel size, probe blur, coverage
     and dose from the drawn factors."""
-    from eval.domain.run import load_domain, sample_configs
-    from eval.factors import image_factors
+    from eval.domain.run import base_snr, load_domain, sample_configs
     from simulator.config import config_to_toml, load_config
     from simulator.io.errors import UserError
     from simulator.io.files import atomic_write_bytes, atomic_write_json
-    from simulator.pipeline import simulate_image
 
     model = load_domain(domain)
     cfg = load_config(base)
@@ -875,10 +873,8 @@ def domain_sample(
             raise UserError(Path(item), "is not FACTOR=NUMBER", "e.g. --shift blur_sigma_nm=3") from None
         if name not in model.names and name not in model.fixed:
             raise UserError(Path(item), f"names no factor of the domain ({', '.join(model.names)})",
-                            "one of the domain's factors") from None
-    probe = simulate_image(cfg, seed, 0)  # the base's SNR, to set the dose
-    snr = image_factors(probe.image, cfg.image.pixel_size_nm, probe.render.instance_id).snr
-    pairs = sample_configs(model, cfg, n, seed=seed, shift=shifts, snr_at_base=snr)
+                            "one of the domain's factors")
+    pairs = sample_configs(model, cfg, n, seed=seed, shift=shifts, snr_at_base=base_snr(cfg, seed))
     out.mkdir(parents=True, exist_ok=True)
     for k, (_, c) in enumerate(pairs):
         atomic_write_bytes(out / f"config_{k:03d}.toml",

@@ -51,11 +51,10 @@ def main() -> None:
         sys.exit(f"{args.reference}: no classes/ folder (the reference set with class masks is needed); skipped")
     from eval.domain.check import range_status
     from eval.domain.model import DomainModel, factor_value
-    from eval.domain.run import check_rows, factor_rows, fit_file, robustness_inputs, sample_configs
-    from eval.factors import dataset_factors, image_factors, open_dataset
+    from eval.domain.run import base_snr, check_rows, factor_rows, fit_file, robustness_inputs, sample_configs
+    from eval.factors import dataset_factors, open_dataset
     from simulator.config import load_config
     from simulator.io.writer import write_dataset
-    from simulator.pipeline import simulate_image
 
     start = time.perf_counter()
     out = args.out
@@ -90,8 +89,7 @@ def main() -> None:
     (out / "domain.json").write_text(json.dumps(full, indent=1))
     ranges, maps = robustness_inputs(args.ranges) if args.ranges else ([], {})
     base = load_config(args.base)
-    probe = simulate_image(base, args.seed, 0)
-    snr = image_factors(probe.image, base.image.pixel_size_nm, probe.render.instance_id).snr
+    snr = base_snr(base, args.seed)
     sets = {"in distribution": ({}, args.n_in), **{k: (v, args.n_shift) for k, v in SHIFTS.items()}}
     sim_results = []
     for k, (label, (shift, n)) in enumerate(sets.items()):

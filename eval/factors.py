@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from eval.calibrate.fit import instance_shapes, instances_per_region
-from eval.calibrate.image_stats import gradient_magnitude
+from eval.calibrate.image_stats import gradient_magnitude, near_other_instance
 from eval.jsonable import to_jsonable
 from simulator.classes import MEASURED_CLASS
 from simulator.io.errors import UserError
@@ -170,17 +170,8 @@ def touching_ids(labels: np.ndarray, gap_px: int = 2) -> set[int]:
     """Instance ids with another instance's pixels within ``gap_px`` + 1 pixels (8-connected window): touching
     particles, also where a manual mask parts them by a background line up to ``gap_px`` wide (the reference
     masks do; exact simulated label maps do not, so 8-neighbours alone would count only the simulated ones)."""
-    from scipy import ndimage
-
-    lab = np.asarray(labels).astype(np.int32)
-    fg = lab > 0
-    if not fg.any():
-        return set()
-    size = 2 * (gap_px + 1) + 1
-    big = np.iinfo(np.int32).max
-    highest = ndimage.maximum_filter(lab, size=size, mode="nearest")
-    lowest = ndimage.minimum_filter(np.where(fg, lab, big), size=size, mode="nearest")
-    near_other = fg & ((highest != lab) | ((lowest != lab) & (lowest != big)))
+    lab = np.asarray(labels)
+    near_other = near_other_instance(lab, 2 * (gap_px + 1) + 1)
     return set(np.unique(lab[near_other]).tolist())
 
 

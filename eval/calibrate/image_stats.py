@@ -267,6 +267,17 @@ def lighting_statistics(per_particle: np.ndarray, et_azimuth_deg: float = 135.0)
     }
 
 
+def near_other_instance(labels: np.ndarray, size: int) -> np.ndarray:
+    """(H, W) bool: pixels of an instance with another instance's pixel in the ``size`` x ``size`` window around
+    them (touching particles, also across a background line narrower than the window: manual masks draw one)."""
+    lab = np.asarray(labels).astype(np.int32)
+    fg = lab > 0
+    big = np.iinfo(np.int32).max
+    highest = ndimage.maximum_filter(lab, size=size)
+    lowest = ndimage.minimum_filter(np.where(fg, lab, big), size=size)
+    return fg & ((highest != lab) | ((lowest != lab) & (lowest != big)))
+
+
 def contact_darkening(image: np.ndarray, labels: np.ndarray, pixel_size_nm: float, *,
                       band_nm: float = 25.0, gap_px: int = 2) -> tuple[float, float]:
     """How much darker particles are where they touch another particle than where they border the substrate.
@@ -288,11 +299,7 @@ def contact_darkening(image: np.ndarray, labels: np.ndarray, pixel_size_nm: floa
     size = 2 * gap_px + 1
     closed = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((size, size), np.uint8)) > 0
     to_substrate = _distance_px(closed)  # inside a particle: distance to the nearest substrate pixel
-    big = np.iinfo(np.int32).max
-    lab32 = lab.astype(np.int32)
-    highest = ndimage.maximum_filter(lab32, size=size)
-    lowest = ndimage.minimum_filter(np.where(fg, lab32, big), size=size)
-    touching = fg & ((highest != lab32) | ((lowest != lab32) & (lowest != big)))
+    touching = near_other_instance(lab, size)
     to_other = _distance_px(~touching) if touching.any() else np.full(lab.shape, np.inf)
     nearest = np.minimum(to_substrate, to_other)
     interior = fg & (nearest > band_px)

@@ -94,6 +94,15 @@ def check_rows(model: DomainModel, rows: list[dict], names: list[str], ranges=()
     return [check_image(name, row, model, ranges, maps, alpha=alpha) for name, row in zip(names, rows, strict=True)]
 
 
+def base_snr(cfg, seed: int = 0) -> float:
+    """The SNR of one image of ``cfg`` (what ``sample_configs`` scales the probe current from)."""
+    from eval.factors import image_factors
+    from simulator.pipeline import simulate_image
+
+    probe = simulate_image(cfg, seed, 0)
+    return image_factors(probe.image, cfg.image.pixel_size_nm, probe.render.instance_id).snr
+
+
 def sample_configs(model: DomainModel, base, n: int, *, seed: int = 0, shift: Mapping[str, float] | None = None,
                    snr_at_base: float | None = None) -> list[tuple[dict, object]]:
     """``n`` (factor row, simulator config) pairs drawn from the domain: pixel size, probe blur, coverage and
