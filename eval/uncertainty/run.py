@@ -237,19 +237,21 @@ def measure(images: Sequence[dict], family: str) -> dict[str, float]:
             "F1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan}
 
 
-def tables(plan: UncertaintyPlan, units: dict[str, dict], measurand: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(training table a x r, noise table M x n, test table M x B) of one measurand."""
-    training = np.array([[measure(units[_unit_id(i, j)]["nominal"], plan.family)[measurand]
-                          for j in range(plan.seeds)] for i in range(plan.draws)])
+def tables(plan: UncertaintyPlan, units: dict[str, dict]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per measurand: (training table a x r, noise table M x n, test table M x B). Every condition and resample is
+    measured once, for all measurands together."""
     order = [_unit_id(i, j) for i in range(plan.draws) for j in range(plan.seeds)]
-    noise = np.array([[measure(cond, plan.family)[measurand] for cond in units[u]["noise"]] for u in order])
+    nominal = {u: measure(units[u]["nominal"], plan.family) for u in order}
+    noise = {u: [measure(cond, plan.family) for cond in units[u]["noise"]] for u in order}
     n_test = len(units[order[0]]["nominal"])
-    test = []
+    test = {}
     for u in order:  # each model its own resamples (shared ones would make the rows copies: df overstated)
         boots = bootstrap_image_indices(n_test, plan.test_boot, np.random.default_rng([units[u]["model_seed"], 104729]))
-        test.append([measure([units[u]["nominal"][k] for k in b], plan.family)[measurand] for b in boots])
-    test = np.array(test)
-    return training, noise, test
+        test[u] = [measure([units[u]["nominal"][k] for k in b], plan.family) for b in boots]
+    return {name: (np.array([[nominal[_unit_id(i, j)][name] for j in range(plan.seeds)] for i in range(plan.draws)]),
+                   np.array([[m[name] for m in noise[u]] for u in order]),
+                   np.array([[m[name] for m in test[u]] for u in order]))
+            for name in nominal[order[0]]}
 
 
 def run(plan: UncertaintyPlan, out: Path, *, workers: int = 1,
@@ -274,8 +276,9 @@ def run(plan: UncertaintyPlan, out: Path, *, workers: int = 1,
     units = {uid: json.loads((out / "units" / f"{uid}.json").read_text()) for uid in seeds}
     measurands = ("D50_nm",) if plan.family == "toy" else MEASURANDS
     budgets, models = {}, []
+    all_tables = tables(plan, units)
     for name in measurands:
-        training, noise, test = tables(plan, units, name)
+        training, noise, test = all_tables[name]
         if not np.all(np.isfinite(training)):
             continue
         budget = uncertainty_budget(training, noise, test, measurand=name)
