@@ -18,6 +18,7 @@ def scatter_matrix(model: DomainModel, results: Sequence[Mapping], ranges: Seque
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     names = list(model.names)
     k = len(names)
@@ -48,8 +49,12 @@ def scatter_matrix(model: DomainModel, results: Sequence[Mapping], ranges: Seque
                 ax.axvline(value, color="tab:blue", lw=0.8, ls="--")
             if TRANSFORMS[xj] == "log":
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
             if i != j and TRANSFORMS[yi] == "log":
                 ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
             if i == k - 1:
                 ax.set_xlabel(xj, fontsize=8)
             if j == 0:
